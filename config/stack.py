@@ -1,0 +1,184 @@
+"""The run command: the whole embedded stack in one foreground process.
+
+`python -m config.stack` migrates, loads the model catalogue, makes sure the demo tenant has
+a key, then runs Redis (unless REDIS_URL is set), a Celery worker and the ASGI web server
+until Ctrl-C or SIGTERM, and then stops every one of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import FrameType
+
+import django
+
+PR_SET_PDEATHSIG = 1
+STOP_TIMEOUT_SECONDS = 15.0
+READY_TIMEOUT_SECONDS = 60.0
+
+
+class StackError(RuntimeError):
+    pass
+
+
+def _die_with_parent() -> None:
+    """Linux: a child gets SIGTERM if the run command itself is killed (even with SIGKILL)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class Child:
+    def __init__(self, name: str, command: list[str], environment: dict[str, str]) -> None:
+        self.name = name
+        # Own session: Ctrl-C reaches only the run command, which then stops children in order.
+        self.process = subprocess.Popen(  # noqa: S603 - argv built here, no shell
+            command,
+            env=environment,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+
+    def is_running(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self) -> None:
+        if not self.is_running():
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=STOP_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            print(f"[stack] {self.name} did not stop in time; killing it.", flush=True)
+        # The whole group: a Celery worker's pool processes must not outlive it.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+
+class Stop(Exception):  # noqa: N818 - a control-flow signal, not an error
+    pass
+
+
+def _raise_stop(signum: int, frame: FrameType | None) -> None:
+    raise Stop(signal.Signals(signum).name)
+
+
+def _wait_until_ready(url: str, children: list[Child]) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        for child in children:
+            if not child.is_running():
+                raise StackError(f"{child.name} exited with {child.process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - our URL
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.2)
+    raise StackError(f"the web server was not ready at {url} in {READY_TIMEOUT_SECONDS:.0f} s")
+
+
+def _bootstrap(base_dir: Path) -> str:
+    from django.core.management import call_command
+
+    from conversations.demo import demo_api_key_ensure
+
+    call_command("migrate", interactive=False, verbosity=0)
+    call_command("load_model_catalogue")
+    return demo_api_key_ensure(key_file=base_dir / "var" / "demo_api_key")
+
+
+def _banner(base_url: str, api_key: str, environment: dict[str, str]) -> str:
+    authorization = f"Authorization: Bearer {api_key}"
+    return "\n".join(
+        [
+            "",
+            f"[stack] Ready at {base_url}  (Redis {environment['REDIS_URL']})",
+            f"[stack] Demo tenant API key: {api_key}",
+            "[stack] Try:",
+            f'  curl -s -H "{authorization}" {base_url}/api/v1/models',
+            f"[stack] API docs: {base_url}/api/docs/   Admin: {base_url}/admin/",
+            "[stack] Ctrl-C stops everything.",
+            "",
+        ]
+    )
+
+
+def run() -> int:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    base_dir = Path(__file__).resolve().parent.parent
+    host = os.environ.get("HOST", "127.0.0.1")
+    port = int(os.environ.get("PORT", "8000"))
+    children: list[Child] = []
+    embedded_redis = None
+    signal.signal(signal.SIGTERM, _raise_stop)
+    signal.signal(signal.SIGINT, _raise_stop)
+    try:
+        from config.embedded import EmbeddedRedis, port_is_open
+
+        if port_is_open(port, host):
+            raise StackError(f"port {port} is already in use; set PORT to a free port")
+        if not os.environ.get("REDIS_URL"):
+            redis_port = int(os.environ.get("EMBEDDED_REDIS_PORT", "6380"))
+            embedded_redis = EmbeddedRedis(port=redis_port, directory=base_dir / "var" / "redis")
+            embedded_redis.start()
+            os.environ["REDIS_URL"] = embedded_redis.url
+            print(f"[stack] Embedded Redis ({embedded_redis.executable}) on {embedded_redis.url}")
+        django.setup()
+        api_key = _bootstrap(base_dir)
+        environment = dict(os.environ)
+        python = sys.executable
+        children.append(
+            Child(
+                "celery worker",
+                [python, "-m", "celery", "-A", "config", "worker", "--loglevel=INFO",
+                 "--concurrency=2", "--without-gossip", "--without-mingle"],
+                environment,
+            )
+        )  # fmt: skip
+        children.append(
+            Child(
+                "web server",
+                [python, "-m", "uvicorn", "config.asgi:application", "--host", host,
+                 "--port", str(port), "--no-access-log"],
+                environment,
+            )
+        )  # fmt: skip
+        base_url = f"http://{host}:{port}"
+        _wait_until_ready(f"{base_url}/readyz", children)
+        print(_banner(base_url, api_key, environment), flush=True)
+        while True:
+            for child in children:
+                if not child.is_running():
+                    raise StackError(f"{child.name} exited with {child.process.returncode}")
+            time.sleep(0.5)
+    except Stop as stop:
+        print(f"\n[stack] {stop}: stopping.", flush=True)
+        return 0
+    except StackError as error:
+        print(f"[stack] error: {error}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        # A second Ctrl-C must not interrupt the orderly stop and leave orphans.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for child in reversed(children):
+            child.stop()
+        if embedded_redis is not None:
+            embedded_redis.stop()
+        print("[stack] All processes stopped.", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(run())

@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+from drf_spectacular.utils import extend_schema
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from models_catalog.selectors import foundation_model_get_active, foundation_model_list_active
+from models_catalog.serializers import FoundationModelOutputSerializer
+
+
+class FoundationModelListApi(APIView):
+    @extend_schema(
+        responses=FoundationModelOutputSerializer(many=True),
+        operation_id="models_list",
+        summary="Active models with their limits",
+    )
+    def get(self, request: Request) -> Response:
+        models = foundation_model_list_active()
+        return Response(FoundationModelOutputSerializer(models, many=True).data)
+
+
+class FoundationModelDetailApi(APIView):
+    @extend_schema(
+        responses=FoundationModelOutputSerializer,
+        operation_id="models_retrieve",
+        summary="One active model; accepts inference profile ids such as us.meta....",
+    )
+    def get(self, request: Request, model_id: str) -> Response:
+        model = foundation_model_get_active(raw_model_id=model_id)
+        return Response(FoundationModelOutputSerializer(model).data)

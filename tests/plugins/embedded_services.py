@@ -1,0 +1,38 @@
+"""Gives the test run a real Redis when REDIS_URL is not set: the embedded one.
+
+It must run before pytest-django imports the settings, hence the wrapper around
+pytest_load_initial_conftests rather than a fixture.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Generator
+from pathlib import Path
+
+import pytest
+
+from config.embedded import EmbeddedRedis, free_port
+
+EMBEDDED_FOR_TESTS_VARIABLE = "TESTS_STARTED_EMBEDDED_REDIS"
+_started: list[EmbeddedRedis] = []
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_load_initial_conftests(
+    early_config: pytest.Config, parser: pytest.Parser, args: list[str]
+) -> Generator[None, None, None]:
+    if not os.environ.get("REDIS_URL"):
+        directory = Path(tempfile.mkdtemp(prefix="tests-redis-"))
+        embedded = EmbeddedRedis(port=free_port(), directory=directory)
+        embedded.start()
+        _started.append(embedded)
+        os.environ["REDIS_URL"] = embedded.url
+        os.environ[EMBEDDED_FOR_TESTS_VARIABLE] = "1"
+    return (yield)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    while _started:
+        _started.pop().stop()
