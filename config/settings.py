@@ -18,6 +18,7 @@ from config.env import (
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+# Local state of a laptop run (SQLite file, embedded Redis, demo key); git-ignored.
 VAR_DIR = BASE_DIR / "var"
 
 env = environ.Env()
@@ -37,6 +38,8 @@ CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 if IS_PRODUCTION:
     check_production_settings(debug=DEBUG, secret_key=SECRET_KEY, allowed_hosts=ALLOWED_HOSTS)
+else:
+    VAR_DIR.mkdir(exist_ok=True)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -88,8 +91,6 @@ TEMPLATES = [
 DATABASES = {
     "default": env.db_url("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}"),
 }
-if "DATABASE_URL" not in env:
-    VAR_DIR.mkdir(exist_ok=True)
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=0)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Web server, worker and management commands share the file: wait for locks, don't fail.
@@ -140,9 +141,11 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = env.str("STATIC_ROOT", default=str(BASE_DIR / "staticfiles"))
+STATIC_ROOT = Path(env.str("STATIC_ROOT", default=str(VAR_DIR / "staticfiles")))
 # Without collectstatic (laptop, tests) serve straight from the apps' static folders.
 WHITENOISE_USE_FINDERS = not IS_PRODUCTION
+if not IS_PRODUCTION:
+    STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 
 API_PAGE_SIZE = env.int("API_PAGE_SIZE", default=50)
 API_KEY_LAST_USED_RESOLUTION_SECONDS = 60

@@ -46,6 +46,7 @@ class Child:
             start_new_session=True,
             preexec_fn=_die_with_parent,
         )
+        print(f"[stack] Started {name} (pid {self.process.pid})", flush=True)
 
     def is_running(self) -> bool:
         return self.process.poll() is None
@@ -96,7 +97,8 @@ def _bootstrap(base_dir: Path) -> str:
 
     call_command("migrate", interactive=False, verbosity=0)
     call_command("load_model_catalogue")
-    return demo_api_key_ensure(key_file=base_dir / "var" / "demo_api_key")
+    key_file = os.environ.get("DEMO_API_KEY_FILE") or base_dir / "var" / "demo_api_key"
+    return demo_api_key_ensure(key_file=Path(key_file))
 
 
 def _banner(base_url: str, api_key: str, environment: dict[str, str]) -> str:
@@ -134,7 +136,11 @@ def run() -> int:
             embedded_redis = EmbeddedRedis(port=redis_port, directory=base_dir / "var" / "redis")
             embedded_redis.start()
             os.environ["REDIS_URL"] = embedded_redis.url
-            print(f"[stack] Embedded Redis ({embedded_redis.executable}) on {embedded_redis.url}")
+            print(
+                f"[stack] Embedded Redis ({embedded_redis.executable}) on {embedded_redis.url} "
+                f"(pid {embedded_redis.process.pid})",
+                flush=True,
+            )
         django.setup()
         api_key = _bootstrap(base_dir)
         environment = dict(os.environ)

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import pytest
+from rest_framework.test import APIClient
+
+from conversations.models import Tenant
+from conversations.services import CreatedApiKey, api_key_create, tenant_create
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings) -> None:
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+def make_tenant(slug: str, **fields: object) -> Tenant:
+    tenant = tenant_create(slug=slug, name=f"{slug.title()} Inc.")
+    if fields:
+        Tenant.objects.filter(pk=tenant.pk).update(**fields)
+        tenant.refresh_from_db()
+    return tenant
+
+
+def client_with_key(secret: str | None) -> APIClient:
+    client = APIClient()
+    if secret is not None:
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    return client
+
+
+@pytest.fixture
+def owner_tenant(db) -> Tenant:
+    return make_tenant("alice")
+
+
+@pytest.fixture
+def other_tenant(db) -> Tenant:
+    return make_tenant("bob")
+
+
+@pytest.fixture
+def owner_key(owner_tenant: Tenant) -> CreatedApiKey:
+    return api_key_create(tenant=owner_tenant, name="owner key")
+
+
+@pytest.fixture
+def other_key(other_tenant: Tenant) -> CreatedApiKey:
+    return api_key_create(tenant=other_tenant, name="other key")
+
+
+@pytest.fixture
+def owner_client(owner_key: CreatedApiKey) -> APIClient:
+    """The owner tenant's client (alice in the healthchecks alice/bob/charlie pattern)."""
+    return client_with_key(owner_key.secret)
+
+
+@pytest.fixture
+def other_client(other_key: CreatedApiKey) -> APIClient:
+    """A second tenant's client (bob)."""
+    return client_with_key(other_key.secret)
+
+
+@pytest.fixture
+def anonymous_client(db) -> APIClient:
+    """No key at all (charlie)."""
+    return client_with_key(None)
+
+
+def assert_error(response, status_code: int, code: str) -> dict:
+    """The response is our JSON error format with this status and code."""
+    assert response.status_code == status_code, response.content
+    assert response["Content-Type"].startswith("application/json"), response["Content-Type"]
+    body = response.json()
+    assert set(body) == {"error"}, body
+    assert set(body["error"]) == {"code", "message", "details"}, body
+    assert body["error"]["code"] == code, body
+    assert isinstance(body["error"]["message"], str)
+    assert body["error"]["message"]
+    return body["error"]
