@@ -11,3 +11,14 @@ class NewestFirstCursorPagination(CursorPagination):
 
     def __init__(self) -> None:
         self.page_size = settings.API_PAGE_SIZE
+
+
+class SequenceCursorPagination(CursorPagination):
+    """Message history, oldest first, by the per-conversation sequence number."""
+
+    ordering = "sequence"
+    page_size_query_param = "page_size"
+    max_page_size = 200
+
+    def __init__(self) -> None:
+        self.page_size = settings.API_PAGE_SIZE

@@ -44,3 +44,112 @@ class ApiKey(models.Model):
     @property
     def is_revoked(self) -> bool:
         return self.revoked_at is not None
+
+
+class EndUser(models.Model):
+    """A person inside a tenant's product, named by the tenant's own id for them."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="end_users")
+    external_id = models.CharField(max_length=200)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant", "external_id"], name="end_user_external_id_unique_per_tenant"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.external_id} ({self.tenant_id})"
+
+
+class Conversation(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="conversations")
+    model = models.ForeignKey(
+        "models_catalog.FoundationModel", on_delete=models.PROTECT, related_name="conversations"
+    )
+    end_user = models.ForeignKey(
+        EndUser, null=True, blank=True, on_delete=models.SET_NULL, related_name="conversations"
+    )
+    title = models.CharField(max_length=200, blank=True)
+    system_prompt = models.TextField(blank=True)
+    system_prompt_token_count = models.PositiveIntegerField(default=0)
+    # Null means "the model's default", so a catalogue change reaches old conversations.
+    temperature = models.DecimalField(max_digits=3, decimal_places=2, null=True, blank=True)
+    top_p = models.DecimalField(max_digits=3, decimal_places=2, null=True, blank=True)
+    max_gen_len = models.PositiveIntegerField(null=True, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    is_archived = models.BooleanField(default=False)
+    # Sequence numbers of messages are handed out from here under a row lock.
+    last_sequence = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["tenant", "-created_at"], name="conversation_tenant_recent"),
+            models.Index(
+                fields=["tenant", "end_user", "-created_at"], name="conversation_tenant_end_user"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return str(self.id)
+
+
+class MessageRole(models.TextChoices):
+    USER = "user", "User"
+    ASSISTANT = "assistant", "Assistant"
+
+
+class MessageStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    COMPLETED = "completed", "Completed"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+class Message(models.Model):
+    """One turn. History is append-only: content is written once, when it is final."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # Denormalised from the conversation so tenant-scoped lookups need no join.
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="messages")
+    conversation = models.ForeignKey(
+        Conversation, on_delete=models.CASCADE, related_name="messages"
+    )
+    sequence = models.PositiveIntegerField()
+    role = models.CharField(max_length=16, choices=MessageRole.choices)
+    content = models.TextField(blank=True)
+    status = models.CharField(max_length=16, choices=MessageStatus.choices)
+    token_count = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Tokens of the content as it is sent in prompts."
+    )
+    prompt_token_count = models.PositiveIntegerField(null=True, blank=True)
+    generation_token_count = models.PositiveIntegerField(null=True, blank=True)
+    stop_reason = models.CharField(max_length=32, blank=True)
+    max_gen_len = models.PositiveIntegerField(null=True, blank=True)
+    temperature = models.DecimalField(max_digits=3, decimal_places=2, null=True, blank=True)
+    top_p = models.DecimalField(max_digits=3, decimal_places=2, null=True, blank=True)
+    error_code = models.CharField(max_length=64, blank=True)
+    error_message = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["conversation", "sequence"], name="message_sequence_unique"
+            )
+        ]
+        # The unique constraint's index on (conversation, sequence) serves history pages and
+        # the newest-first context walk alike (B-tree indexes are read in both directions).
+        indexes = [models.Index(fields=["tenant", "-created_at"], name="message_tenant_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.conversation_id}#{self.sequence} {self.role}"

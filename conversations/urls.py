@@ -1,6 +1,6 @@
 from django.urls import path
 
-from conversations import apis
+from conversations import apis, chat_apis
 
 urlpatterns = [
     path("tenant", apis.TenantMeApi.as_view(), name="tenant-me"),
@@ -11,4 +11,28 @@ urlpatterns = [
         apis.ApiKeyRevokeApi.as_view(),
         name="api-key-revoke",
     ),
+]
+
+urlpatterns += [
+    path(
+        "conversations",
+        chat_apis.ConversationListCreateApi.as_view(),
+        name="conversation-list",
+    ),
+    path(
+        "conversations/<uuid:conversation_id>",
+        chat_apis.ConversationDetailApi.as_view(),
+        name="conversation-detail",
+    ),
+    path(
+        "conversations/<uuid:conversation_id>/messages",
+        chat_apis.ConversationMessagesApi.as_view(),
+        name="conversation-messages",
+    ),
+    path(
+        "conversations/<uuid:conversation_id>/context",
+        chat_apis.ConversationContextApi.as_view(),
+        name="conversation-context",
+    ),
+    path("messages/<uuid:message_id>", chat_apis.MessageDetailApi.as_view(), name="message-detail"),
 ]

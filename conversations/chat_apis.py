@@ -1,0 +1,190 @@
+"""Conversation and message endpoints: validate, call a service, serialize."""
+
+from __future__ import annotations
+
+from django.db.models import QuerySet
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import status
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from config.openapi import error_response
+from config.pagination import NewestFirstCursorPagination, SequenceCursorPagination
+from conversations.api_base import TenantScopedGenericAPIView
+from conversations.chat_serializers import (
+    ContextOutputSerializer,
+    ContextQuerySerializer,
+    ConversationCreateInputSerializer,
+    ConversationListFilterSerializer,
+    ConversationOutputSerializer,
+    ConversationUpdateInputSerializer,
+    MessageCreateInputSerializer,
+    MessageOutputSerializer,
+)
+from conversations.context import context_build, context_describe, dropped_message_ids
+from conversations.models import Conversation, Message, Tenant
+from conversations.selectors import conversation_list, message_list
+from conversations.services.conversations import (
+    conversation_create,
+    conversation_delete,
+    conversation_update,
+    generation_parameters_resolve,
+    user_message_create,
+)
+
+CONTEXT_OVERFLOW = error_response(
+    "The system prompt and the newest message do not fit the model's window "
+    "with max_gen_len (`context_overflow`; details hold the numbers)."
+)
+
+
+class ConversationScopedView(TenantScopedGenericAPIView):
+    lookup_url_kwarg = "conversation_id"
+
+    def safely_get_queryset(self, tenant: Tenant) -> QuerySet[Conversation]:
+        return conversation_list(tenant=tenant)
+
+
+class ConversationListCreateApi(ConversationScopedView):
+    serializer_class = ConversationOutputSerializer
+    pagination_class = NewestFirstCursorPagination
+
+    @extend_schema(
+        operation_id="conversations_list",
+        parameters=[ConversationListFilterSerializer],
+        summary="This tenant's conversations, newest first",
+    )
+    def get(self, request: Request) -> Response:
+        filters = ConversationListFilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        conversations = conversation_list(
+            tenant=request.tenant,
+            end_user_external_id=filters.validated_data.get("end_user"),
+            archived=filters.validated_data["archived"],
+        )
+        page = self.paginate_queryset(conversations)
+        return self.get_paginated_response(ConversationOutputSerializer(page, many=True).data)
+
+    @extend_schema(
+        operation_id="conversations_create",
+        request=ConversationCreateInputSerializer,
+        responses={201: ConversationOutputSerializer},
+        summary="Start a conversation with a model",
+    )
+    def post(self, request: Request) -> Response:
+        serializer = ConversationCreateInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        conversation = conversation_create(
+            tenant=request.tenant,
+            model_id=data["model"],
+            end_user_external_id=data["end_user"],
+            title=data["title"],
+            system_prompt=data["system_prompt"],
+            temperature=data.get("temperature"),
+            top_p=data.get("top_p"),
+            max_gen_len=data.get("max_gen_len"),
+            metadata=data["metadata"],
+        )
+        return Response(
+            ConversationOutputSerializer(conversation).data, status=status.HTTP_201_CREATED
+        )
+
+
+class ConversationDetailApi(ConversationScopedView):
+    serializer_class = ConversationOutputSerializer
+
+    @extend_schema(operation_id="conversations_retrieve", summary="One conversation")
+    def get(self, request: Request, conversation_id: str) -> Response:
+        return Response(ConversationOutputSerializer(self.get_object()).data)
+
+    @extend_schema(
+        operation_id="conversations_update",
+        request=ConversationUpdateInputSerializer,
+        summary="Change title, system prompt, defaults, metadata or the archived flag",
+    )
+    def patch(self, request: Request, conversation_id: str) -> Response:
+        conversation = self.get_object()
+        serializer = ConversationUpdateInputSerializer(data=request.data, partial=True)
+        serializer.is_valid(raise_exception=True)
+        conversation = conversation_update(conversation=conversation, **serializer.validated_data)
+        return Response(ConversationOutputSerializer(conversation).data)
+
+    @extend_schema(
+        operation_id="conversations_destroy",
+        summary="Delete a conversation and all its messages",
+    )
+    def delete(self, request: Request, conversation_id: str) -> Response:
+        conversation_delete(conversation=self.get_object())
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class ConversationMessagesApi(ConversationScopedView):
+    serializer_class = MessageOutputSerializer
+    pagination_class = SequenceCursorPagination
+
+    @extend_schema(
+        operation_id="conversation_messages_list",
+        responses=MessageOutputSerializer(many=True),
+        summary="A conversation's messages, oldest first",
+    )
+    def get(self, request: Request, conversation_id: str) -> Response:
+        conversation = self.get_object()
+        page = self.paginate_queryset(conversation.messages.all())
+        return self.get_paginated_response(MessageOutputSerializer(page, many=True).data)
+
+    @extend_schema(
+        operation_id="conversation_messages_create",
+        request=MessageCreateInputSerializer,
+        responses={201: MessageOutputSerializer, 400: CONTEXT_OVERFLOW},
+        summary="Add a user turn",
+    )
+    def post(self, request: Request, conversation_id: str) -> Response:
+        conversation = self.get_object()
+        serializer = MessageCreateInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        turn = user_message_create(conversation=conversation, **serializer.validated_data)
+        body = MessageOutputSerializer(turn.message).data
+        body["context"] = context_describe(turn.context, include_prompt=False)
+        return Response(body, status=status.HTTP_201_CREATED)
+
+
+class ConversationContextApi(ConversationScopedView):
+    serializer_class = ContextOutputSerializer
+
+    @extend_schema(
+        operation_id="conversation_context_retrieve",
+        parameters=[ContextQuerySerializer],
+        responses={200: ContextOutputSerializer, 400: CONTEXT_OVERFLOW},
+        summary="The prompt the next turn would send, and which messages it keeps",
+        description=(
+            "Built from the stored history as it is now (the last message should be the "
+            "user's). `max_gen_len` defaults to the conversation's or the model's."
+        ),
+    )
+    def get(self, request: Request, conversation_id: str) -> Response:
+        conversation = self.get_object()
+        query = ContextQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        parameters = generation_parameters_resolve(
+            conversation=conversation, max_gen_len=query.validated_data.get("max_gen_len")
+        )
+        context = context_build(conversation=conversation, max_gen_len=parameters.max_gen_len)
+        dropped_ids = dropped_message_ids(conversation, context)
+        return Response(context_describe(context, include_prompt=True, dropped_ids=dropped_ids))
+
+
+class MessageDetailApi(TenantScopedGenericAPIView):
+    serializer_class = MessageOutputSerializer
+    lookup_url_kwarg = "message_id"
+
+    def safely_get_queryset(self, tenant: Tenant) -> QuerySet[Message]:
+        return message_list(tenant=tenant)
+
+    @extend_schema(
+        operation_id="messages_retrieve",
+        parameters=[OpenApiParameter("message_id", str, OpenApiParameter.PATH)],
+        summary="One message",
+    )
+    def get(self, request: Request, message_id: str) -> Response:
+        return Response(MessageOutputSerializer(self.get_object()).data)

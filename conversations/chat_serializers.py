@@ -1,0 +1,144 @@
+"""Input and output serializers for conversations and messages."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.conf import settings
+from rest_framework import serializers
+
+from conversations.models import Conversation, Message
+from conversations.validators import validate_metadata
+
+
+def _sampling_field(**kwargs: object) -> serializers.DecimalField:
+    return serializers.DecimalField(
+        max_digits=3,
+        decimal_places=2,
+        min_value=Decimal("0"),
+        max_value=Decimal("1"),
+        coerce_to_string=False,
+        **kwargs,
+    )
+
+
+def _content_field(**kwargs: object) -> serializers.CharField:
+    # DRF's CharField already refuses NUL and lone surrogates, which databases cannot store.
+    return serializers.CharField(
+        max_length=settings.MESSAGE_MAX_CHARACTERS, trim_whitespace=False, **kwargs
+    )
+
+
+class GenerationParametersInputSerializer(serializers.Serializer):
+    temperature = _sampling_field(required=False, allow_null=True)
+    top_p = _sampling_field(required=False, allow_null=True)
+    max_gen_len = serializers.IntegerField(
+        required=False, allow_null=True, min_value=1, help_text="Up to the model's cap."
+    )
+
+
+class ConversationCreateInputSerializer(GenerationParametersInputSerializer):
+    model = serializers.CharField(max_length=100, help_text="A model id from GET /models.")
+    title = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+    system_prompt = _content_field(required=False, allow_blank=True, default="")
+    end_user = serializers.CharField(
+        max_length=200, required=False, allow_null=True, default=None,
+        help_text="Your own id for the person chatting; created on first use.",
+    )  # fmt: skip
+    metadata = serializers.JSONField(required=False, default=dict, validators=[validate_metadata])
+
+
+class ConversationUpdateInputSerializer(GenerationParametersInputSerializer):
+    title = serializers.CharField(max_length=200, required=False, allow_blank=True)
+    system_prompt = _content_field(required=False, allow_blank=True)
+    metadata = serializers.JSONField(required=False, validators=[validate_metadata])
+    is_archived = serializers.BooleanField(required=False)
+
+
+class ConversationListFilterSerializer(serializers.Serializer):
+    end_user = serializers.CharField(max_length=200, required=False)
+    archived = serializers.BooleanField(required=False, allow_null=True, default=None)
+
+
+class ConversationOutputSerializer(serializers.ModelSerializer):
+    model = serializers.CharField(source="model.model_id")
+    end_user = serializers.CharField(source="end_user.external_id", allow_null=True, default=None)
+    temperature = serializers.FloatField(allow_null=True)
+    top_p = serializers.FloatField(allow_null=True)
+
+    class Meta:
+        model = Conversation
+        fields = [
+            "id",
+            "model",
+            "end_user",
+            "title",
+            "system_prompt",
+            "temperature",
+            "top_p",
+            "max_gen_len",
+            "metadata",
+            "is_archived",
+            "created_at",
+            "updated_at",
+        ]
+
+
+class MessageCreateInputSerializer(GenerationParametersInputSerializer):
+    content = _content_field(allow_blank=False)
+
+    def validate_content(self, value: str) -> str:
+        if not value.strip():
+            raise serializers.ValidationError("Must contain more than white space.")
+        return value
+
+
+class MessageErrorSerializer(serializers.Serializer):
+    code = serializers.CharField()
+    message = serializers.CharField()
+
+
+class MessageOutputSerializer(serializers.ModelSerializer):
+    conversation = serializers.UUIDField(source="conversation_id")
+    error = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Message
+        fields = [
+            "id",
+            "conversation",
+            "sequence",
+            "role",
+            "content",
+            "status",
+            "token_count",
+            "prompt_token_count",
+            "generation_token_count",
+            "stop_reason",
+            "error",
+            "created_at",
+            "completed_at",
+        ]
+
+    def get_error(self, message: Message) -> dict[str, str] | None:
+        if not message.error_code:
+            return None
+        return {"code": message.error_code, "message": message.error_message}
+
+
+class ContextQuerySerializer(serializers.Serializer):
+    max_gen_len = serializers.IntegerField(required=False, min_value=1)
+
+
+class ContextOutputSerializer(serializers.Serializer):
+    model = serializers.CharField()
+    prompt = serializers.CharField()
+    prompt_token_count = serializers.IntegerField()
+    context_window = serializers.IntegerField()
+    max_gen_len = serializers.IntegerField()
+    room_for_generation = serializers.IntegerField(
+        help_text="context_window - prompt_token_count: tokens left for the answer."
+    )
+    token_count_is_estimate = serializers.BooleanField()
+    kept_message_ids = serializers.ListField(child=serializers.UUIDField())
+    dropped_message_ids = serializers.ListField(child=serializers.UUIDField())

@@ -1,0 +1,214 @@
+"""Writes for end users, conversations and user turns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from decimal import Decimal
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from config.errors import ApplicationError, NotFoundError
+from conversations.context import BuiltContext, context_build, message_token_count
+from conversations.models import (
+    Conversation,
+    EndUser,
+    Message,
+    MessageRole,
+    MessageStatus,
+    Tenant,
+)
+from models_catalog.models import FoundationModel
+from models_catalog.selectors import foundation_model_get_active
+
+UNSET: Any = object()
+
+
+class InvalidInputError(ApplicationError):
+    code = "validation_error"
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(
+            "The request is not valid; see details for each field.", details={field: [message]}
+        )
+
+
+@dataclass(frozen=True)
+class GenerationParameters:
+    temperature: Decimal
+    top_p: Decimal
+    max_gen_len: int
+
+
+def _model_for_new_conversation(raw_model_id: str) -> FoundationModel:
+    try:
+        return foundation_model_get_active(raw_model_id=raw_model_id)
+    except NotFoundError as error:
+        raise InvalidInputError("model", error.message) from None
+
+
+def _check_max_gen_len(model: FoundationModel, max_gen_len: int | None) -> None:
+    if max_gen_len is not None and max_gen_len > model.max_gen_len_cap:
+        raise InvalidInputError(
+            "max_gen_len",
+            f"Must be at most {model.max_gen_len_cap} for {model.model_id}; got {max_gen_len}.",
+        )
+
+
+def generation_parameters_resolve(
+    *,
+    conversation: Conversation,
+    temperature: Decimal | None = None,
+    top_p: Decimal | None = None,
+    max_gen_len: int | None = None,
+) -> GenerationParameters:
+    """Per-turn value, else the conversation's, else the model's default."""
+    model = conversation.model
+    _check_max_gen_len(model, max_gen_len)
+
+    def first_set(*values: Any) -> Any:
+        return next(value for value in values if value is not None)
+
+    return GenerationParameters(
+        temperature=first_set(temperature, conversation.temperature, model.default_temperature),
+        top_p=first_set(top_p, conversation.top_p, model.default_top_p),
+        max_gen_len=first_set(max_gen_len, conversation.max_gen_len, model.default_max_gen_len),
+    )
+
+
+def end_user_get_or_create(*, tenant: Tenant, external_id: str) -> EndUser:
+    end_user, _ = EndUser.objects.get_or_create(tenant=tenant, external_id=external_id)
+    return end_user
+
+
+def conversation_create(
+    *,
+    tenant: Tenant,
+    model_id: str,
+    end_user_external_id: str | None = None,
+    title: str = "",
+    system_prompt: str = "",
+    temperature: Decimal | None = None,
+    top_p: Decimal | None = None,
+    max_gen_len: int | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Conversation:
+    model = _model_for_new_conversation(model_id)
+    _check_max_gen_len(model, max_gen_len)
+    with transaction.atomic():
+        end_user = (
+            end_user_get_or_create(tenant=tenant, external_id=end_user_external_id)
+            if end_user_external_id
+            else None
+        )
+        return Conversation.objects.create(
+            tenant=tenant,
+            model=model,
+            end_user=end_user,
+            title=title,
+            system_prompt=system_prompt,
+            system_prompt_token_count=message_token_count(model, system_prompt),
+            temperature=temperature,
+            top_p=top_p,
+            max_gen_len=max_gen_len,
+            metadata=metadata or {},
+        )
+
+
+def conversation_update(
+    *,
+    conversation: Conversation,
+    title: str = UNSET,
+    system_prompt: str = UNSET,
+    temperature: Decimal | None = UNSET,
+    top_p: Decimal | None = UNSET,
+    max_gen_len: int | None = UNSET,
+    metadata: dict[str, Any] = UNSET,
+    is_archived: bool = UNSET,
+) -> Conversation:
+    """Change only what was given; UNSET means "leave as is", None means "model default"."""
+    changes = {
+        name: value
+        for name, value in {
+            "title": title,
+            "system_prompt": system_prompt,
+            "temperature": temperature,
+            "top_p": top_p,
+            "max_gen_len": max_gen_len,
+            "metadata": metadata,
+            "is_archived": is_archived,
+        }.items()
+        if value is not UNSET
+    }
+    if "max_gen_len" in changes:
+        _check_max_gen_len(conversation.model, changes["max_gen_len"])
+    if "system_prompt" in changes:
+        changes["system_prompt_token_count"] = message_token_count(
+            conversation.model, changes["system_prompt"]
+        )
+    for name, value in changes.items():
+        setattr(conversation, name, value)
+    conversation.save(update_fields=[*changes, "updated_at"])
+    return conversation
+
+
+def conversation_delete(*, conversation: Conversation) -> None:
+    conversation.delete()
+
+
+@dataclass(frozen=True)
+class UserTurn:
+    message: Message
+    context: BuiltContext
+    parameters: GenerationParameters
+
+
+def user_message_create(
+    *,
+    conversation: Conversation,
+    content: str,
+    temperature: Decimal | None = None,
+    top_p: Decimal | None = None,
+    max_gen_len: int | None = None,
+) -> UserTurn:
+    """Store a user turn, but only if the prompt it leads to fits the model's window."""
+    parameters = generation_parameters_resolve(
+        conversation=conversation, temperature=temperature, top_p=top_p, max_gen_len=max_gen_len
+    )
+    model = conversation.model
+    if not model.is_active:
+        raise ApplicationError(
+            f"{model.model_id} is no longer offered; start a new conversation with an active "
+            "model (GET /api/v1/models).",
+            code="model_inactive",
+        )
+    token_count = message_token_count(model, content)
+    with transaction.atomic():
+        # The row lock serialises turns of one conversation: sequence numbers stay gapless
+        # and the context is built from the history this turn really follows.
+        locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
+        context = context_build(
+            conversation=locked,
+            max_gen_len=parameters.max_gen_len,
+            pending_user_content=content,
+            pending_user_token_count=token_count,
+        )
+        locked.last_sequence += 1
+        locked.save(update_fields=["last_sequence", "updated_at"])
+        message = Message.objects.create(
+            tenant_id=locked.tenant_id,
+            conversation=locked,
+            sequence=locked.last_sequence,
+            role=MessageRole.USER,
+            content=content,
+            status=MessageStatus.COMPLETED,
+            token_count=token_count,
+            completed_at=timezone.now(),
+        )
+    context = replace(
+        context,
+        kept_message_ids=[*context.kept_message_ids, message.id],
+        oldest_kept_sequence=context.oldest_kept_sequence or message.sequence,
+    )
+    return UserTurn(message=message, context=context, parameters=parameters)
