@@ -76,3 +76,39 @@ def assert_error(response, status_code: int, code: str) -> dict:
     assert isinstance(body["error"]["message"], str)
     assert body["error"]["message"]
     return body["error"]
+
+
+def stored_message(conversation, role: str, content: str):
+    """A completed message written as the services write them (count at write time)."""
+    from django.db.models import F
+    from django.utils import timezone
+
+    from conversations.context import message_token_count
+    from conversations.models import Conversation, Message, MessageStatus
+
+    Conversation.objects.filter(pk=conversation.pk).update(last_sequence=F("last_sequence") + 1)
+    conversation.refresh_from_db(fields=["last_sequence"])
+    return Message.objects.create(
+        tenant_id=conversation.tenant_id,
+        conversation=conversation,
+        sequence=conversation.last_sequence,
+        role=role,
+        content=content,
+        status=MessageStatus.COMPLETED,
+        token_count=message_token_count(conversation.model, content),
+        completed_at=timezone.now(),
+    )
+
+
+def tiny_model(family: str = "llama3", *, context_window: int = 200, cap: int = 50):
+    """A catalogue entry with a small window, so trimming boundaries are easy to reach."""
+    from models_catalog.models import FoundationModel
+
+    return FoundationModel.objects.create(
+        model_id=f"test.{family}-tiny-v1:0",
+        name=f"Tiny {family}",
+        family=family,
+        context_window=context_window,
+        max_gen_len_cap=cap,
+        default_max_gen_len=min(cap, 16),
+    )
