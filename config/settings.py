@@ -93,8 +93,14 @@ DATABASES = {
 }
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=0)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # Web server, worker and management commands share the file: wait for locks, don't fail.
-    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
+    # Web server, worker and management commands share the file: WAL lets readers run beside
+    # the writer, IMMEDIATE takes the write lock up front (no deadlock upgrading a read
+    # lock), and the timeout waits for a busy lock instead of failing.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        timeout=20,
+        transaction_mode="IMMEDIATE",
+        init_command="PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Redis: broker, stream bus and rate counters. The run command starts an embedded Redis
@@ -115,6 +121,23 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
+# With late acks a task whose whole worker died comes back after this long; it must be
+# longer than the longest generation, or a slow answer would be handed to a second worker.
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT_SECONDS", default=900)
+}
+
+# Generation
+GENERATION_MAX_RETRIES = env.int("GENERATION_MAX_RETRIES", default=5)
+GENERATION_RETRY_BACKOFF_SECONDS = env.float("GENERATION_RETRY_BACKOFF_SECONDS", default=1.0)
+GENERATION_RETRY_BACKOFF_MAX_SECONDS = env.float(
+    "GENERATION_RETRY_BACKOFF_MAX_SECONDS", default=30.0
+)
+GENERATION_SYNC_WAIT_SECONDS = env.float("GENERATION_SYNC_WAIT_SECONDS", default=60.0)
+GENERATION_CANCEL_CHECK_SECONDS = 0.25
+ANSWER_STREAM_TTL_SECONDS = env.int("ANSWER_STREAM_TTL_SECONDS", default=3600)
+ANSWER_STREAM_MAX_EVENTS = env.int("ANSWER_STREAM_MAX_EVENTS", default=20_000)
+SSE_HEARTBEAT_SECONDS = env.float("SSE_HEARTBEAT_SECONDS", default=15.0)
 
 # Bedrock
 AWS_REGION = env.str("AWS_REGION", default="us-west-2")

@@ -1,8 +1,9 @@
 """The run command: the whole embedded stack in one foreground process.
 
 `python -m config.stack` migrates, loads the model catalogue, makes sure the demo tenant has
-a key, then runs Redis (unless REDIS_URL is set), a Celery worker and the ASGI web server
-until Ctrl-C or SIGTERM, and then stops every one of them.
+a key, then runs Redis (unless REDIS_URL is set), the local Bedrock-compatible server
+(unless BEDROCK_ENDPOINT_URL is set), a Celery worker and the ASGI web server until Ctrl-C
+or SIGTERM, and then stops every one of them. It is a laptop tool: production refuses it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -22,6 +24,8 @@ from types import FrameType
 import django
 
 PR_SET_PDEATHSIG = 1
+DEMO_MODEL = "meta.llama3-1-8b-instruct-v1:0"
+JSON_FIELD = "python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])'"
 STOP_TIMEOUT_SECONDS = 15.0
 READY_TIMEOUT_SECONDS = 60.0
 
@@ -37,7 +41,14 @@ def _die_with_parent() -> None:
 
 
 class Child:
-    def __init__(self, name: str, command: list[str], environment: dict[str, str]) -> None:
+    def __init__(
+        self,
+        name: str,
+        command: list[str],
+        environment: dict[str, str],
+        *,
+        capture_output: bool = False,
+    ) -> None:
         self.name = name
         # Own session: Ctrl-C reaches only the run command, which then stops children in order.
         self.process = subprocess.Popen(  # noqa: S603 - argv built here, no shell
@@ -45,8 +56,20 @@ class Child:
             env=environment,
             start_new_session=True,
             preexec_fn=_die_with_parent,
+            stdout=subprocess.PIPE if capture_output else None,
         )
         print(f"[stack] Started {name} (pid {self.process.pid})", flush=True)
+
+    def forward_output(self) -> None:
+        """Copy the rest of a captured stdout to ours, so its pipe never fills up."""
+
+        def copy() -> None:
+            assert self.process.stdout is not None
+            for line in self.process.stdout:
+                sys.stdout.buffer.write(line)
+                sys.stdout.flush()
+
+        threading.Thread(target=copy, daemon=True).start()
 
     def is_running(self) -> bool:
         return self.process.poll() is None
@@ -72,6 +95,23 @@ class Stop(Exception):  # noqa: N818 - a control-flow signal, not an error
 
 def _raise_stop(signum: int, frame: FrameType | None) -> None:
     raise Stop(signal.Signals(signum).name)
+
+
+def _start_local_bedrock(environment: dict[str, str]) -> Child:
+    """The local Bedrock-compatible server, as a child; waits for its ready line."""
+    port = environment.get("LOCAL_BEDROCK_PORT", "8001")
+    child = Child(
+        "local Bedrock server",
+        [sys.executable, "-m", "models_catalog.bedrock.local_server", "--port", port],
+        environment,
+        capture_output=True,
+    )
+    assert child.process.stdout is not None
+    line = child.process.stdout.readline().decode()
+    if not line.startswith("Local Bedrock server on "):
+        raise StackError(f"the local Bedrock server did not start (port {port} taken?)")
+    child.forward_output()
+    return child
 
 
 def _wait_until_ready(url: str, children: list[Child]) -> None:
@@ -106,10 +146,20 @@ def _banner(base_url: str, api_key: str, environment: dict[str, str]) -> str:
     return "\n".join(
         [
             "",
-            f"[stack] Ready at {base_url}  (Redis {environment['REDIS_URL']})",
+            f"[stack] Ready at {base_url}  (Redis {environment['REDIS_URL']}, "
+            f"Bedrock {environment['BEDROCK_ENDPOINT_URL']})",
             f"[stack] Demo tenant API key: {api_key}",
             "[stack] Try:",
             f'  curl -s -H "{authorization}" {base_url}/api/v1/models',
+            "[stack] Start a conversation, then stream an answer to the terminal:",
+            f'  export AUTH="{authorization}"',
+            f"  CONVERSATION=$(curl -s -H \"$AUTH\" -H 'Content-Type: application/json' "
+            f'-d \'{{"model": "{DEMO_MODEL}"}}\' {base_url}/api/v1/conversations '
+            f"| {JSON_FIELD} id)",
+            f"  STREAM=$(curl -s -H \"$AUTH\" -H 'Content-Type: application/json' "
+            f'-d \'{{"content": "Tell me about llamas."}}\' '
+            f"{base_url}/api/v1/conversations/$CONVERSATION/messages | {JSON_FIELD} stream_url)",
+            f'  curl -sN -H "$AUTH" {base_url}$STREAM',
             f"[stack] API docs: {base_url}/api/docs/   Admin: {base_url}/admin/",
             "[stack] Ctrl-C stops everything.",
             "",
@@ -141,9 +191,20 @@ def run() -> int:
                 f"(pid {embedded_redis.process.pid})",
                 flush=True,
             )
+        if os.environ.get("DJANGO_ENV") == "production":
+            raise StackError(
+                "the run command starts laptop stand-ins (embedded Redis, local Bedrock); "
+                "in production run the web server and workers as docker-compose.yml does"
+            )
         django.setup()
         api_key = _bootstrap(base_dir)
         environment = dict(os.environ)
+        if not environment.get("BEDROCK_ENDPOINT_URL"):
+            children.append(_start_local_bedrock(environment))
+            environment["BEDROCK_ENDPOINT_URL"] = (
+                f"http://127.0.0.1:{environment.get('LOCAL_BEDROCK_PORT', '8001')}"
+            )
+            os.environ["BEDROCK_ENDPOINT_URL"] = environment["BEDROCK_ENDPOINT_URL"]
         python = sys.executable
         children.append(
             Child(

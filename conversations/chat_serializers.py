@@ -86,6 +86,14 @@ class ConversationOutputSerializer(serializers.ModelSerializer):
 
 class MessageCreateInputSerializer(GenerationParametersInputSerializer):
     content = _content_field(allow_blank=False)
+    mode = serializers.ChoiceField(
+        choices=["async", "sync"],
+        default="async",
+        help_text=(
+            "async: answer 202 at once with both messages. sync: wait for the answer (up to "
+            "GENERATION_SYNC_WAIT_SECONDS) and answer 201 with it, or 202 if not done in time."
+        ),
+    )
 
     def validate_content(self, value: str) -> str:
         if not value.strip():
@@ -124,6 +132,23 @@ class MessageOutputSerializer(serializers.ModelSerializer):
         if not message.error_code:
             return None
         return {"code": message.error_code, "message": message.error_message}
+
+
+class ContextSummarySerializer(serializers.Serializer):
+    model = serializers.CharField()
+    prompt_token_count = serializers.IntegerField()
+    context_window = serializers.IntegerField()
+    max_gen_len = serializers.IntegerField()
+    room_for_generation = serializers.IntegerField()
+    token_count_is_estimate = serializers.BooleanField()
+    kept_message_ids = serializers.ListField(child=serializers.UUIDField())
+
+
+class TurnOutputSerializer(serializers.Serializer):
+    user_message = MessageOutputSerializer()
+    assistant_message = MessageOutputSerializer()
+    context = ContextSummarySerializer()
+    stream_url = serializers.CharField(help_text="Server-Sent Events of the answer.")
 
 
 class ContextQuerySerializer(serializers.Serializer):

@@ -71,6 +71,10 @@ class Conversation(models.Model):
     model = models.ForeignKey(
         "models_catalog.FoundationModel", on_delete=models.PROTECT, related_name="conversations"
     )
+    bedrock_model_id = models.CharField(
+        max_length=120,
+        help_text="What is sent to Bedrock as modelId: the model id or an inference profile id.",
+    )
     end_user = models.ForeignKey(
         EndUser, null=True, blank=True, on_delete=models.SET_NULL, related_name="conversations"
     )
@@ -135,6 +139,10 @@ class Message(models.Model):
     max_gen_len = models.PositiveIntegerField(null=True, blank=True)
     temperature = models.DecimalField(max_digits=3, decimal_places=2, null=True, blank=True)
     top_p = models.DecimalField(max_digits=3, decimal_places=2, null=True, blank=True)
+    attempt_count = models.PositiveIntegerField(
+        default=0, help_text="Generation attempts started (retries and redeliveries add one)."
+    )
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
     error_code = models.CharField(max_length=64, blank=True)
     error_message = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -149,7 +157,15 @@ class Message(models.Model):
         ]
         # The unique constraint's index on (conversation, sequence) serves history pages and
         # the newest-first context walk alike (B-tree indexes are read in both directions).
-        indexes = [models.Index(fields=["tenant", "-created_at"], name="message_tenant_recent")]
+        indexes = [
+            models.Index(fields=["tenant", "-created_at"], name="message_tenant_recent"),
+            # "Is an answer in progress?" is asked on every new turn.
+            models.Index(
+                fields=["conversation"],
+                condition=models.Q(status__in=["queued", "running"]),
+                name="message_in_progress",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.conversation_id}#{self.sequence} {self.role}"

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from conversations import apis, chat_apis
+from conversations import apis, chat_apis, sse
 
 urlpatterns = [
     path("tenant", apis.TenantMeApi.as_view(), name="tenant-me"),
@@ -35,4 +35,10 @@ urlpatterns += [
         name="conversation-context",
     ),
     path("messages/<uuid:message_id>", chat_apis.MessageDetailApi.as_view(), name="message-detail"),
+    path(
+        "messages/<uuid:message_id>/cancel",
+        chat_apis.MessageCancelApi.as_view(),
+        name="message-cancel",
+    ),
+    path("messages/<uuid:message_id>/stream", sse.message_stream, name="message-stream"),
 ]

@@ -19,10 +19,12 @@ from conversations.models import (
     MessageStatus,
     Tenant,
 )
+from models_catalog.catalogue import resolve_model_id
 from models_catalog.models import FoundationModel
 from models_catalog.selectors import foundation_model_get_active
 
 UNSET: Any = object()
+IN_PROGRESS = (MessageStatus.QUEUED, MessageStatus.RUNNING)
 
 
 class InvalidInputError(ApplicationError):
@@ -96,6 +98,7 @@ def conversation_create(
 ) -> Conversation:
     model = _model_for_new_conversation(model_id)
     _check_max_gen_len(model, max_gen_len)
+    bedrock_model_id = resolve_model_id(model_id).invocation_id
     with transaction.atomic():
         end_user = (
             end_user_get_or_create(tenant=tenant, external_id=end_user_external_id)
@@ -105,6 +108,7 @@ def conversation_create(
         return Conversation.objects.create(
             tenant=tenant,
             model=model,
+            bedrock_model_id=bedrock_model_id,
             end_user=end_user,
             title=title,
             system_prompt=system_prompt,
@@ -157,9 +161,15 @@ def conversation_delete(*, conversation: Conversation) -> None:
     conversation.delete()
 
 
+class GenerationInProgressError(ApplicationError):
+    code = "generation_in_progress"
+    http_status = 409
+
+
 @dataclass(frozen=True)
 class UserTurn:
     message: Message
+    answer: Message
     context: BuiltContext
     parameters: GenerationParameters
 
@@ -172,7 +182,10 @@ def user_message_create(
     top_p: Decimal | None = None,
     max_gen_len: int | None = None,
 ) -> UserTurn:
-    """Store a user turn, but only if the prompt it leads to fits the model's window."""
+    """Store a user turn and its queued answer, if the prompt fits the model's window.
+
+    The answer's generation is enqueued once the transaction has committed.
+    """
     parameters = generation_parameters_resolve(
         conversation=conversation, temperature=temperature, top_p=top_p, max_gen_len=max_gen_len
     )
@@ -188,27 +201,80 @@ def user_message_create(
         # The row lock serialises turns of one conversation: sequence numbers stay gapless
         # and the context is built from the history this turn really follows.
         locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
+        if Message.objects.filter(conversation=locked, status__in=IN_PROGRESS).exists():
+            raise GenerationInProgressError(
+                "An answer is still being generated in this conversation; wait for it or "
+                "cancel it before sending the next message."
+            )
         context = context_build(
             conversation=locked,
             max_gen_len=parameters.max_gen_len,
             pending_user_content=content,
             pending_user_token_count=token_count,
         )
-        locked.last_sequence += 1
+        locked.last_sequence += 2
         locked.save(update_fields=["last_sequence", "updated_at"])
         message = Message.objects.create(
             tenant_id=locked.tenant_id,
             conversation=locked,
-            sequence=locked.last_sequence,
+            sequence=locked.last_sequence - 1,
             role=MessageRole.USER,
             content=content,
             status=MessageStatus.COMPLETED,
             token_count=token_count,
             completed_at=timezone.now(),
         )
+        answer = Message.objects.create(
+            tenant_id=locked.tenant_id,
+            conversation=locked,
+            sequence=locked.last_sequence,
+            role=MessageRole.ASSISTANT,
+            status=MessageStatus.QUEUED,
+            max_gen_len=parameters.max_gen_len,
+            temperature=parameters.temperature,
+            top_p=parameters.top_p,
+        )
+        transaction.on_commit(lambda: _enqueue_generation(answer))
     context = replace(
         context,
         kept_message_ids=[*context.kept_message_ids, message.id],
         oldest_kept_sequence=context.oldest_kept_sequence or message.sequence,
     )
-    return UserTurn(message=message, context=context, parameters=parameters)
+    return UserTurn(message=message, answer=answer, context=context, parameters=parameters)
+
+
+def _enqueue_generation(answer: Message) -> None:
+    from conversations.tasks import generate_answer
+
+    generate_answer.delay(str(answer.pk))
+
+
+class NotCancellableError(ApplicationError):
+    code = "not_cancellable"
+    http_status = 409
+
+
+def message_cancel(*, message: Message) -> Message:
+    """Stop an answer: a queued one at once, a running one as soon as its worker notices.
+
+    Cancelling an answer that is already cancelled changes nothing (idempotent).
+    """
+    if message.role != MessageRole.ASSISTANT:
+        raise NotCancellableError("Only an assistant's answer can be cancelled.")
+    now = timezone.now()
+    cancelled_in_queue = Message.objects.filter(pk=message.pk, status=MessageStatus.QUEUED).update(
+        status=MessageStatus.CANCELLED, cancel_requested_at=now, completed_at=now, updated_at=now
+    )
+    if cancelled_in_queue:
+        from conversations import answer_stream
+
+        answer_stream.publish(message.pk, answer_stream.DONE, status=MessageStatus.CANCELLED)
+    else:
+        # The worker checks this flag while it streams and stores what it has, cancelled.
+        Message.objects.filter(
+            pk=message.pk, status=MessageStatus.RUNNING, cancel_requested_at__isnull=True
+        ).update(cancel_requested_at=now, updated_at=now)
+    message.refresh_from_db()
+    if message.status in (MessageStatus.COMPLETED, MessageStatus.FAILED):
+        raise NotCancellableError(f"The answer is already {message.status}.")
+    return message

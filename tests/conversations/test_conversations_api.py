@@ -103,19 +103,41 @@ def test_update_then_delete_removes_the_messages_too(owner_client, conversation)
     assert_error(owner_client.get(url), 404, "not_found")
 
 
-def test_post_message_stores_the_turn_and_reports_its_context(owner_client, conversation) -> None:
+def test_post_message_stores_the_turn_and_queues_the_answer(owner_client, conversation) -> None:
     response = send(owner_client, conversation["id"], "Hello, how are you?")
-    assert response.status_code == 201, response.content
+    assert response.status_code == 202, response.content
     body = response.json()
-    assert (body["role"], body["status"], body["sequence"]) == ("user", "completed", 1)
-    assert body["token_count"] == 6  # Meta's tokenizer: Hello , how are you ?
+    user, answer = body["user_message"], body["assistant_message"]
+    assert (user["role"], user["status"], user["sequence"]) == ("user", "completed", 1)
+    assert user["token_count"] == 6  # Meta's tokenizer: Hello , how are you ?
+    assert (answer["role"], answer["status"], answer["sequence"]) == ("assistant", "queued", 2)
+    assert body["stream_url"] == f"/api/v1/messages/{answer['id']}/stream"
     # frame 5 + system (5 + 3) + user (5 + 6)
     assert body["context"]["prompt_token_count"] == 24
-    assert body["context"]["kept_message_ids"] == [body["id"]]
+    assert body["context"]["kept_message_ids"] == [user["id"]]
     assert body["context"]["room_for_generation"] == 8192 - 24
-    assert owner_client.get(f"/api/v1/messages/{body['id']}").json()["content"] == (
+    assert owner_client.get(f"/api/v1/messages/{user['id']}").json()["content"] == (
         "Hello, how are you?"
     )
+    stored_answer = Message.objects.get(pk=answer["id"])
+    assert (stored_answer.max_gen_len, str(stored_answer.temperature)) == (512, "0.50")
+
+
+def test_a_new_turn_while_an_answer_is_pending_is_409(owner_client, conversation) -> None:
+    assert send(owner_client, conversation["id"], "First").status_code == 202
+    assert_error(send(owner_client, conversation["id"], "Second"), 409, "generation_in_progress")
+    assert Message.objects.count() == 2
+
+
+def test_turn_parameters_override_conversation_and_model_defaults(
+    owner_client, conversation
+) -> None:
+    owner_client.patch(
+        f"/api/v1/conversations/{conversation['id']}", {"temperature": 0.1}, format="json"
+    )
+    body = send(owner_client, conversation["id"], "Hi", top_p=0.5, max_gen_len=64).json()
+    answer = Message.objects.get(pk=body["assistant_message"]["id"])
+    assert (str(answer.temperature), str(answer.top_p), answer.max_gen_len) == ("0.10", "0.50", 64)
 
 
 def test_history_pages_oldest_first(owner_client, conversation) -> None:
@@ -219,7 +241,7 @@ def test_post_message_rejects_bad_input_and_stores_nothing(
         f"/api/v1/conversations/{conversation['id']}/messages", payload, format="json"
     )
     if field is None:  # 12 is coerced to "12" by DRF's CharField: accepted, like a string
-        assert response.status_code == 201
+        assert response.status_code == 202
         return
     error = assert_error(response, 400, "validation_error")
     assert field in error["details"]
@@ -297,18 +319,19 @@ def tenant_urls(conversation_id: str, message_id: str) -> list[tuple[str, str, d
         ("post", f"/api/v1/conversations/{conversation_id}/messages", {"content": "hi"}),
         ("get", f"/api/v1/conversations/{conversation_id}/context", None),
         ("get", f"/api/v1/messages/{message_id}", None),
+        ("post", f"/api/v1/messages/{message_id}/cancel", None),
     ]
 
 
 def test_second_tenant_gets_404_for_every_object_and_changes_nothing(
     owner_client, other_client, conversation
 ) -> None:
-    message = send(owner_client, conversation["id"], "private").json()
+    message = send(owner_client, conversation["id"], "private").json()["assistant_message"]
     for method, url, payload in tenant_urls(conversation["id"], message["id"]):
         response = getattr(other_client, method)(url, payload, format="json")
         assert_error(response, 404, "not_found")
     assert Conversation.objects.get(pk=conversation["id"]).title == "Trip"
-    assert Message.objects.count() == 1
+    assert Message.objects.count() == 2
     assert other_client.get("/api/v1/conversations").json()["results"] == []
 
 
@@ -318,7 +341,7 @@ def test_unknown_ids_are_404(owner_client) -> None:
 
 
 def test_no_key_gets_401_everywhere(anonymous_client, owner_client, conversation) -> None:
-    message = send(owner_client, conversation["id"], "private").json()
+    message = send(owner_client, conversation["id"], "private").json()["assistant_message"]
     urls = [
         *tenant_urls(conversation["id"], message["id"]),
         ("get", "/api/v1/conversations", None),
@@ -328,7 +351,7 @@ def test_no_key_gets_401_everywhere(anonymous_client, owner_client, conversation
         response = getattr(anonymous_client, method)(url, payload, format="json")
         assert_error(response, 401, "not_authenticated")
     assert Conversation.objects.count() == 1
-    assert Message.objects.count() == 1
+    assert Message.objects.count() == 2
 
 
 def test_end_users_are_separate_per_tenant(owner_client, other_client) -> None:

@@ -1,4 +1,5 @@
-"""Gives the test run a real Redis when REDIS_URL is not set: the embedded one.
+"""Gives the test run a real Redis when REDIS_URL is not set (the embedded one), and a
+local Bedrock-compatible server when BEDROCK_ENDPOINT_URL is not set.
 
 It must run before pytest-django imports the settings, hence the wrapper around
 pytest_load_initial_conftests rather than a fixture.
@@ -14,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from config.embedded import EmbeddedRedis, free_port
+from models_catalog.bedrock.local_server import LocalBedrockServer
 
 EMBEDDED_FOR_TESTS_VARIABLE = "TESTS_STARTED_EMBEDDED_REDIS"
-_started: list[EmbeddedRedis] = []
+_started: list[EmbeddedRedis | LocalBedrockServer] = []
 
 
 @pytest.hookimpl(wrapper=True)
@@ -30,6 +32,10 @@ def pytest_load_initial_conftests(
         _started.append(embedded)
         os.environ["REDIS_URL"] = embedded.url
         os.environ[EMBEDDED_FOR_TESTS_VARIABLE] = "1"
+    if not os.environ.get("BEDROCK_ENDPOINT_URL"):
+        bedrock = LocalBedrockServer(seed=7).start()
+        _started.append(bedrock)
+        os.environ["BEDROCK_ENDPOINT_URL"] = bedrock.url
     return (yield)
 
 

@@ -1,0 +1,81 @@
+"""The answer stream: one Redis stream per assistant message, written by the worker.
+
+Entries carry `type` (delta, reset, done, error), the `text` of a delta and the
+generation `attempt`. Readers (SSE clients, sync waiters) read from any entry id, so a
+client that connects late gets everything from the start and Last-Event-ID resumes.
+The stream is capped and expires: the stored message is the record, this is the wire.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+
+from config.redis_client import get_redis
+
+DELTA = "delta"
+RESET = "reset"
+DONE = "done"
+ERROR = "error"
+FINAL_EVENT_TYPES = frozenset({DONE, ERROR})
+
+
+@dataclass(frozen=True)
+class StreamEntry:
+    entry_id: str
+    type: str
+    data: dict[str, Any]
+
+
+def stream_key(message_id: uuid.UUID | str) -> str:
+    return f"answer:{message_id}"
+
+
+def publish(message_id: uuid.UUID | str, event_type: str, **data: Any) -> None:
+    key = stream_key(message_id)
+    client = get_redis()
+    pipeline = client.pipeline(transaction=False)
+    pipeline.xadd(
+        key,
+        {"type": event_type, "data": json.dumps(data, default=str)},
+        maxlen=settings.ANSWER_STREAM_MAX_EVENTS,
+        approximate=True,
+    )
+    pipeline.expire(key, settings.ANSWER_STREAM_TTL_SECONDS)
+    pipeline.execute()
+
+
+def decode_entry(entry_id: bytes | str, fields: dict[bytes, bytes]) -> StreamEntry:
+    identifier = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return StreamEntry(
+        entry_id=identifier,
+        type=fields[b"type"].decode(),
+        data=json.loads(fields[b"data"]),
+    )
+
+
+def read_until_final(
+    message_id: uuid.UUID | str, *, timeout_seconds: float, after: str = "0-0"
+) -> Iterator[StreamEntry]:
+    """Blocking reader for a web thread (sync mode): yields entries up to a final one."""
+    import time
+
+    client = get_redis()
+    key = stream_key(message_id)
+    deadline = time.monotonic() + timeout_seconds
+    while (remaining := deadline - time.monotonic()) > 0:
+        # Below the client's socket timeout, so a quiet stream is not a Redis error.
+        block_ms = max(1, int(min(remaining, 1.0) * 1000))
+        response = client.xread({key: after}, block=block_ms, count=500)
+        for _, entries in response or []:
+            for entry_id, fields in entries:
+                entry = decode_entry(entry_id, fields)
+                after = entry.entry_id
+                yield entry
+                if entry.type in FINAL_EVENT_TYPES:
+                    return

@@ -1,0 +1,214 @@
+"""The generation pipeline: run one answer from Bedrock into the database and the stream.
+
+A Celery task calls `generation_run` (thin task, logic here). The message row is the
+state machine; every transition is a conditional UPDATE whose row count says whether this
+worker still owns the answer, so a task delivered twice never stores two answers.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from config.errors import ApplicationError
+from conversations import answer_stream
+from conversations.context import context_build, message_token_count
+from conversations.models import Message, MessageStatus
+from models_catalog.bedrock import client as bedrock
+from models_catalog.bedrock.errors import BedrockError
+from models_catalog.services import llama2_token_ratio_observe
+
+logger = logging.getLogger(__name__)
+
+IN_PROGRESS = (MessageStatus.QUEUED, MessageStatus.RUNNING)
+
+
+class Outcome(enum.StrEnum):
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"  # already final: a redelivered or duplicate task
+
+
+@dataclass(frozen=True)
+class _Claim:
+    message: Message
+    attempt: int
+
+
+def _claim(message_id: uuid.UUID) -> _Claim | None:
+    """Take the answer for this attempt: queued or running (a redelivery) becomes running."""
+    claimed = Message.objects.filter(pk=message_id, status__in=IN_PROGRESS).update(
+        status=MessageStatus.RUNNING,
+        attempt_count=F("attempt_count") + 1,
+        updated_at=timezone.now(),
+    )
+    if not claimed:
+        return None
+    message = Message.objects.select_related("conversation__model").get(pk=message_id)
+    return _Claim(message=message, attempt=message.attempt_count)
+
+
+def _finish(
+    claim: _Claim,
+    *,
+    status: MessageStatus,
+    content: str,
+    prompt_token_count: int | None = None,
+    generation_token_count: int | None = None,
+    stop_reason: str = "",
+    error_code: str = "",
+    error_message: str = "",
+) -> bool:
+    """Store the final state, if this attempt still owns the answer. True when stored."""
+    message = claim.message
+    with transaction.atomic():
+        stored = Message.objects.filter(
+            pk=message.pk, status=MessageStatus.RUNNING, attempt_count=claim.attempt
+        ).update(
+            status=status,
+            content=content,
+            token_count=message_token_count(message.conversation.model, content),
+            prompt_token_count=prompt_token_count,
+            generation_token_count=generation_token_count,
+            stop_reason=stop_reason,
+            error_code=error_code,
+            error_message=error_message,
+            completed_at=timezone.now(),
+            updated_at=timezone.now(),
+        )
+    if stored:
+        message.refresh_from_db()
+    return bool(stored)
+
+
+def _publish_final(message: Message) -> None:
+    event = answer_stream.ERROR if message.status == MessageStatus.FAILED else answer_stream.DONE
+    answer_stream.publish(message.pk, event, status=message.status, attempt=message.attempt_count)
+
+
+def _cancel_requested(message_id: uuid.UUID) -> bool:
+    return Message.objects.filter(pk=message_id, cancel_requested_at__isnull=False).exists()
+
+
+def generation_run(*, message_id: uuid.UUID) -> Outcome:
+    """Generate one answer. Raises BedrockError for the task to retry or fail."""
+    claim = _claim(message_id)
+    if claim is None:
+        return Outcome.SKIPPED
+    message = claim.message
+    if message.cancel_requested_at is not None:
+        _finish(claim, status=MessageStatus.CANCELLED, content="")
+        _publish_final(claim.message)
+        return Outcome.CANCELLED
+
+    conversation = message.conversation
+    try:
+        context = context_build(
+            conversation=conversation,
+            max_gen_len=message.max_gen_len,
+            through_sequence=message.sequence - 1,
+        )
+    except ApplicationError as error:  # e.g. the system prompt grew since the turn was sent
+        generation_fail(message_id=message.pk, code=error.code, message=error.message)
+        return Outcome.SKIPPED
+
+    if claim.attempt > 1:
+        # Text sent by an earlier attempt is void: clients start the answer again.
+        answer_stream.publish(message.pk, answer_stream.RESET, attempt=claim.attempt)
+    parts: list[str] = []
+    final: bedrock.Final | None = None
+    events = bedrock.stream(
+        model_id=conversation.bedrock_model_id,
+        prompt=context.prompt,
+        temperature=float(message.temperature),
+        top_p=float(message.top_p),
+        max_gen_len=message.max_gen_len,
+    )
+    next_cancel_check = time.monotonic() + settings.GENERATION_CANCEL_CHECK_SECONDS
+    try:
+        for event in events:
+            if isinstance(event, bedrock.Final):
+                final = event
+                continue
+            parts.append(event.text)
+            answer_stream.publish(
+                message.pk, answer_stream.DELTA, text=event.text, attempt=claim.attempt
+            )
+            if time.monotonic() >= next_cancel_check:
+                next_cancel_check = time.monotonic() + settings.GENERATION_CANCEL_CHECK_SECONDS
+                if _cancel_requested(message.pk):
+                    break
+    finally:
+        events.close()  # stop reading from Bedrock at once on cancel or error
+
+    if final is None:  # cancelled mid-answer: keep what was streamed
+        _finish(claim, status=MessageStatus.CANCELLED, content="".join(parts))
+        _publish_final(claim.message)
+        return Outcome.CANCELLED
+    if not _finish(
+        claim,
+        status=MessageStatus.COMPLETED,
+        content="".join(parts),
+        prompt_token_count=final.prompt_token_count,
+        generation_token_count=final.generation_token_count,
+        stop_reason=final.stop_reason,
+    ):
+        return Outcome.SKIPPED
+    _publish_final(claim.message)
+    llama2_token_ratio_observe(
+        model=conversation.model,
+        prompt=context.prompt,
+        reported_prompt_tokens=final.prompt_token_count,
+    )
+    return Outcome.COMPLETED
+
+
+def generation_fail(*, message_id: uuid.UUID, code: str, message: str) -> bool:
+    """Mark an unfinished answer failed (final error, or retries used up)."""
+    stored = Message.objects.filter(pk=message_id, status__in=IN_PROGRESS).update(
+        status=MessageStatus.FAILED,
+        error_code=code,
+        error_message=message[:2000],
+        completed_at=timezone.now(),
+        updated_at=timezone.now(),
+    )
+    if stored:
+        failed = Message.objects.get(pk=message_id)
+        _publish_final(failed)
+        logger.warning("Generation %s failed: %s %s", message_id, code, message)
+    return bool(stored)
+
+
+def answer_wait(*, message: Message, timeout_seconds: float) -> Message:
+    """Block until the answer is final or the time is up; return it as it then is."""
+    if message.status in IN_PROGRESS:
+        for _ in answer_stream.read_until_final(message.pk, timeout_seconds=timeout_seconds):
+            pass
+    message.refresh_from_db()
+    return message
+
+
+def retry_delay_seconds(retries_so_far: int, random_fraction: float) -> float:
+    """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**n)]."""
+    ceiling = min(
+        settings.GENERATION_RETRY_BACKOFF_MAX_SECONDS,
+        settings.GENERATION_RETRY_BACKOFF_SECONDS * (2**retries_so_far),
+    )
+    return ceiling * random_fraction
+
+
+__all__ = [
+    "BedrockError",
+    "Outcome",
+    "generation_fail",
+    "generation_run",
+    "retry_delay_seconds",
+]

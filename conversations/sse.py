@@ -1,0 +1,135 @@
+"""GET /api/v1/messages/{id}/stream: an answer as Server-Sent Events.
+
+An async view: each client costs one coroutine and one Redis connection, not a thread.
+Events: `delta` {"text"}, `reset` {"attempt"} (an earlier attempt's text is void, start
+again), then one `done` or `error` carrying the final message. Event ids are the Redis
+stream's, so `Last-Event-ID` resumes; a client that comes late reads from the start.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import redis.asyncio as redis_async
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.views.decorators.http import require_GET
+
+from config.errors import error_body
+from conversations import answer_stream
+from conversations.chat_serializers import MessageOutputSerializer
+from conversations.models import Message, MessageRole, MessageStatus, Tenant
+from conversations.services import api_key_authenticate
+
+FINAL_STATUSES = (MessageStatus.COMPLETED, MessageStatus.FAILED, MessageStatus.CANCELLED)
+STREAM_ENTRY_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+# How long one XREAD waits before the database is asked whether the answer ended anyway
+# (a worker that died between committing and publishing must not leave clients hanging).
+QUIET_CHECK_SECONDS = 5.0
+
+
+def _error(status: int, code: str, message: str) -> JsonResponse:
+    response = JsonResponse(error_body(code, message), status=status)
+    if status == 401:
+        response["WWW-Authenticate"] = 'Bearer realm="api"'
+    return response
+
+
+def _tenant_for(request: HttpRequest) -> Tenant | JsonResponse:
+    header = request.headers.get("Authorization", "")
+    if not header:
+        return _error(401, "not_authenticated", "Authentication credentials were not provided.")
+    scheme, _, raw_key = header.partition(" ")
+    api_key = api_key_authenticate(raw_key=raw_key.strip()) if scheme.lower() == "bearer" else None
+    if api_key is None:
+        return _error(401, "authentication_failed", "Invalid, revoked or inactive API key.")
+    return api_key.tenant
+
+
+def _event(event_type: str, data: dict[str, Any], entry_id: str | None = None) -> str:
+    lines = [f"id: {entry_id}"] if entry_id else []
+    lines += [f"event: {event_type}", f"data: {json.dumps(data, default=str)}", "", ""]
+    return "\n".join(lines)
+
+
+async def _final_event(message_id: uuid.UUID, entry_id: str | None) -> str:
+    message = await Message.objects.aget(pk=message_id)
+    data = await sync_to_async(lambda: dict(MessageOutputSerializer(message).data))()
+    event_type = "error" if message.status == MessageStatus.FAILED else "done"
+    return _event(event_type, {"message": data}, entry_id)
+
+
+async def _answer_events(message_id: uuid.UUID, after: str) -> AsyncIterator[str]:
+    client = redis_async.Redis.from_url(
+        settings.REDIS_URL,
+        socket_timeout=QUIET_CHECK_SECONDS + settings.REDIS_SOCKET_TIMEOUT_SECONDS,
+    )
+    key = answer_stream.stream_key(message_id)
+    quiet_seconds = 0.0
+    try:
+        yield "retry: 1000\n\n"
+        if not await client.exists(key):
+            # Finished long ago (the stream expired) or not started: the row knows which.
+            status = (
+                await Message.objects.filter(pk=message_id)
+                .values_list("status", flat=True)
+                .afirst()
+            )
+            if status in FINAL_STATUSES:
+                yield await _final_event(message_id, None)
+                return
+        while True:
+            response = await client.xread(
+                {key: after}, block=int(QUIET_CHECK_SECONDS * 1000), count=500
+            )
+            if not response:
+                status = (
+                    await Message.objects.filter(pk=message_id)
+                    .values_list("status", flat=True)
+                    .afirst()
+                )
+                if status in FINAL_STATUSES:
+                    yield await _final_event(message_id, None)
+                    return
+                quiet_seconds += QUIET_CHECK_SECONDS
+                if quiet_seconds >= settings.SSE_HEARTBEAT_SECONDS:
+                    quiet_seconds = 0.0
+                    yield ": keep-alive\n\n"
+                continue
+            quiet_seconds = 0.0
+            for _, entries in response:
+                for raw_id, fields in entries:
+                    entry = answer_stream.decode_entry(raw_id, fields)
+                    after = entry.entry_id
+                    if entry.type in answer_stream.FINAL_EVENT_TYPES:
+                        yield await _final_event(message_id, entry.entry_id)
+                        return
+                    yield _event(entry.type, entry.data, entry.entry_id)
+    finally:
+        await client.aclose()
+
+
+@require_GET
+async def message_stream(request: HttpRequest, message_id: uuid.UUID) -> HttpResponse:
+    tenant = await sync_to_async(_tenant_for)(request)
+    if isinstance(tenant, JsonResponse):
+        return tenant
+    message = await Message.objects.filter(tenant=tenant, pk=message_id).afirst()
+    if message is None:
+        return _error(404, "not_found", "Not found.")
+    if message.role != MessageRole.ASSISTANT:
+        return _error(409, "not_streamable", "Only an assistant's answer can be streamed.")
+    after = request.headers.get("Last-Event-ID") or request.GET.get("last_event_id") or "0-0"
+    if not STREAM_ENTRY_ID.match(after):
+        return _error(400, "validation_error", "Last-Event-ID must be an event id we sent.")
+    response = StreamingHttpResponse(
+        _answer_events(message.pk, after), content_type="text/event-stream"
+    )
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"  # proxies must pass events through at once
+    return response

@@ -1,0 +1,39 @@
+"""Celery tasks: fetch by id, call a service, own the retry policy. Nothing else."""
+
+from __future__ import annotations
+
+import random
+import uuid
+
+from celery import Task, shared_task
+from django.conf import settings
+
+from conversations.services.generation import (
+    BedrockError,
+    generation_fail,
+    generation_run,
+    retry_delay_seconds,
+)
+
+
+@shared_task(
+    bind=True,
+    acks_late=True,  # a worker that dies mid-answer leaves the task to be delivered again
+    reject_on_worker_lost=True,
+    max_retries=None,  # counted against settings below, read at run time
+    ignore_result=True,
+)
+def generate_answer(self: Task, message_id: str) -> str:
+    try:
+        return generation_run(message_id=uuid.UUID(message_id)).value
+    except BedrockError as error:
+        retryable, code, detail = error.retryable, error.code, error.message
+    except Exception as error:
+        # Our own failure (the database away during settlement, say): worth another try,
+        # and never worth leaving the answer "running" for good.
+        retryable, code, detail = True, "internal_error", f"{type(error).__name__}: {error}"
+    if retryable and self.request.retries < settings.GENERATION_MAX_RETRIES:
+        delay = retry_delay_seconds(self.request.retries, random.random())  # noqa: S311
+        raise self.retry(countdown=delay)
+    generation_fail(message_id=uuid.UUID(message_id), code=code, message=detail)
+    return "failed"
