@@ -112,3 +112,17 @@ def tiny_model(family: str = "llama3", *, context_window: int = 200, cap: int = 
         max_gen_len_cap=cap,
         default_max_gen_len=min(cap, 16),
     )
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: None) -> None:
+    """A SQLite test database in a file, not in memory: worker and web processes share it."""
+    import tempfile
+    from pathlib import Path
+
+    from django.conf import settings
+
+    database = settings.DATABASES["default"]
+    if database["ENGINE"] == "django.db.backends.sqlite3":
+        directory = Path(tempfile.mkdtemp(prefix="tests-sqlite-"))
+        database.setdefault("TEST", {})["NAME"] = str(directory / "test.sqlite3")

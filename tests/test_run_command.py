@@ -14,7 +14,10 @@ import pytest
 import requests
 
 from config.embedded import free_port
-from tests.plugins.embedded_services import EMBEDDED_FOR_TESTS_VARIABLE
+from tests.plugins.embedded_services import (
+    EMBEDDED_FOR_TESTS_VARIABLE,
+    LOCAL_BEDROCK_FOR_TESTS_VARIABLE,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT_SECONDS = 90
@@ -35,11 +38,14 @@ def stack_environment(tmp_path: Path) -> dict[str, str]:
     if environment.pop(EMBEDDED_FOR_TESTS_VARIABLE, None):
         # The stack must start its own Redis, as on a fresh machine.
         environment.pop("REDIS_URL", None)
+    if environment.pop(LOCAL_BEDROCK_FOR_TESTS_VARIABLE, None):
+        environment.pop("BEDROCK_ENDPOINT_URL", None)  # the stack starts its own
     if not environment.get("DATABASE_URL"):
         environment["DATABASE_URL"] = f"sqlite:///{tmp_path / 'stack.sqlite3'}"
     environment.update(
         PORT=str(free_port()),
         EMBEDDED_REDIS_PORT=str(free_port()),
+        LOCAL_BEDROCK_PORT=str(free_port()),
         DEMO_API_KEY_FILE=str(tmp_path / "demo_api_key"),
         PYTHONUNBUFFERED="1",
     )
@@ -78,7 +84,10 @@ def test_run_command_serves_the_api_and_stops_everything(
         lines = read_until_ready(process)
         output = "\n".join(lines)
         child_pids = [int(pid) for pid in re.findall(r"\(pid (\d+)\)", output)]
-        expected_children = 2 if "REDIS_URL" in environment else 3
+        # Redis and the local Bedrock server unless given; a worker and the web server always.
+        expected_children = (
+            4 - ("REDIS_URL" in environment) - ("BEDROCK_ENDPOINT_URL" in environment)
+        )
         assert len(child_pids) == expected_children, output
 
         api_key = re.search(r"Demo tenant API key: (\S+)", output).group(1)
@@ -90,6 +99,25 @@ def test_run_command_serves_the_api_and_stops_everything(
         assert response.status_code == 200
         assert len(response.json()) == 12
         assert (tmp_path / "demo_api_key").read_text().strip() == api_key
+
+        # The printed demo: create a conversation, then stream an answer to the terminal.
+        demo_lines = [
+            line.strip()
+            for line in lines
+            if line.strip().startswith(("export AUTH=", "CONVERSATION=", "STREAM=", "curl -sN"))
+        ]
+        assert len(demo_lines) == 4, output
+        demo = subprocess.run(
+            ["bash", "-c", "set -euo pipefail\n" + "\n".join(demo_lines)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert demo.returncode == 0, demo.stderr
+        assert "event: delta" in demo.stdout
+        assert "event: done" in demo.stdout
+        assert '"status": "completed"' in demo.stdout
 
         process.send_signal(stop_signal)
         assert process.wait(timeout=60) == 0

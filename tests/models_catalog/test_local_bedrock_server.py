@@ -29,6 +29,7 @@ from botocore.exceptions import ClientError, EventStreamError
 from models_catalog.bedrock.local_server import (
     ERROR_STATUS,
     MODEL_CONTEXT_WINDOWS,
+    STREAM_START_PROMPT_CHARS,
     VOCABULARY,
     LocalBedrockServer,
     ServerConfig,
@@ -373,6 +374,28 @@ def test_every_error_code_gets_its_http_status(server: LocalBedrockServer) -> No
         response = post(server, "invoke", {"prompt": "x"})
         assert response.status_code == status, code
         assert response.headers["X-Amzn-ErrorType"].split(":")[0] == code
+
+
+def test_stream_starts_record_the_prompt_tail_and_when_the_first_chunk_was_sent(
+    server: LocalBedrockServer,
+) -> None:
+    long_prompt = "<|begin_of_text|>" + " word" * 2000 + " marker-2"
+    before = time.time()
+    post(server, "invoke-with-response-stream", {"prompt": "marker-1", "max_gen_len": 3})
+    post(server, "invoke-with-response-stream", {"prompt": long_prompt, "max_gen_len": 3})
+    post(server, "invoke", {"prompt": "not a stream"})
+    after = time.time()
+
+    starts = server.stream_starts
+
+    assert [start.prompt_tail for start in starts] == [
+        "marker-1",
+        long_prompt[-STREAM_START_PROMPT_CHARS:],
+    ]
+    for start in starts:
+        assert before <= start.received_at <= start.first_chunk_at <= after
+    server.reset_counters()
+    assert server.stream_starts == []
 
 
 def test_unknown_scripted_outcome_is_refused(server: LocalBedrockServer) -> None:

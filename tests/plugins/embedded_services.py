@@ -18,6 +18,7 @@ from config.embedded import EmbeddedRedis, free_port
 from models_catalog.bedrock.local_server import LocalBedrockServer
 
 EMBEDDED_FOR_TESTS_VARIABLE = "TESTS_STARTED_EMBEDDED_REDIS"
+LOCAL_BEDROCK_FOR_TESTS_VARIABLE = "TESTS_STARTED_LOCAL_BEDROCK"
 _started: list[EmbeddedRedis | LocalBedrockServer] = []
 
 
@@ -36,6 +37,7 @@ def pytest_load_initial_conftests(
         bedrock = LocalBedrockServer(seed=7).start()
         _started.append(bedrock)
         os.environ["BEDROCK_ENDPOINT_URL"] = bedrock.url
+        os.environ[LOCAL_BEDROCK_FOR_TESTS_VARIABLE] = "1"
     return (yield)
 
 
