@@ -1,1 +1,277 @@
-# Prices, budgets, quotas and the usage ledger arrive with the cost-governance issue.
+"""Prices, budgets, quotas, reservations and the usage ledger.
+
+Money is Decimal with settings.MONEY_DECIMAL_PLACES places, in USD. The ledger
+(UsageRecord) is append-only and the record of truth; a budget's `spent_amount` is kept in
+step with it inside the settling transaction, and open reservations are summed live.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+
+
+def money_field(**kwargs: object) -> models.DecimalField:
+    return models.DecimalField(
+        max_digits=settings.MONEY_MAX_DIGITS,
+        decimal_places=settings.MONEY_DECIMAL_PLACES,
+        **kwargs,
+    )
+
+
+class ManagedBy(models.TextChoices):
+    OPERATOR = "operator", "Operator"
+    TENANT = "tenant", "Tenant"
+
+
+class ModelPrice(models.Model):
+    """USD per 1,000,000 tokens from `effective_from` on; later rows supersede earlier ones."""
+
+    model = models.ForeignKey(
+        "models_catalog.FoundationModel", on_delete=models.PROTECT, related_name="prices"
+    )
+    input_price_per_million = money_field(validators=[MinValueValidator(0)])
+    output_price_per_million = money_field(validators=[MinValueValidator(0)])
+    currency = models.CharField(max_length=3, default="USD", editable=False)
+    effective_from = models.DateTimeField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["model", "-effective_from"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["model", "effective_from"], name="one_price_per_model_and_instant"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model_id} from {self.effective_from:%Y-%m-%d %H:%M}"
+
+
+class BudgetPeriod(models.TextChoices):
+    DAY = "day", "Day"
+    WEEK = "week", "Week (from Monday)"
+    MONTH = "month", "Month"
+    TOTAL = "total", "Total (never resets)"
+
+
+class Budget(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey(
+        "conversations.Tenant", on_delete=models.CASCADE, related_name="budgets"
+    )
+    end_user = models.ForeignKey(
+        "conversations.EndUser",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="budgets",
+        help_text="Only this end user's calls (empty: every call of the tenant).",
+    )
+    model = models.ForeignKey(
+        "models_catalog.FoundationModel",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="budgets",
+        help_text="Only calls to this model (empty: every model).",
+    )
+    per_end_user = models.BooleanField(
+        default=False,
+        help_text="Each end user gets this budget separately (e.g. $0.50 a day per user).",
+    )
+    name = models.CharField(max_length=100, blank=True)
+    period = models.CharField(max_length=8, choices=BudgetPeriod.choices)
+    limit_amount = money_field(validators=[MinValueValidator(0)])
+    soft_threshold_percent = models.PositiveSmallIntegerField(
+        default=80, validators=[MinValueValidator(1), MaxValueValidator(100)]
+    )
+    is_hard = models.BooleanField(
+        default=True, help_text="Hard: calls that could cross the limit are refused."
+    )
+    managed_by = models.CharField(
+        max_length=8, choices=ManagedBy.choices, default=ManagedBy.OPERATOR
+    )
+    # Kept in step with the ledger by settlement, under this row's lock (not for per-end-user
+    # budgets, whose spend is summed from that end user's ledger rows).
+    period_start = models.DateTimeField(null=True, blank=True, editable=False)
+    spent_amount = money_field(default=0, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["tenant", "period", "created_at"]
+        indexes = [models.Index(fields=["tenant"], name="budget_tenant")]
+
+    def __str__(self) -> str:
+        scope = self.name or self.get_period_display()
+        return f"{self.tenant} · {scope} · {self.limit_amount} USD"
+
+
+class Quota(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey(
+        "conversations.Tenant", on_delete=models.CASCADE, related_name="quotas"
+    )
+    end_user = models.ForeignKey(
+        "conversations.EndUser",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="quotas",
+        help_text="Applies to each call of this end user (empty: every call of the tenant).",
+    )
+    model = models.ForeignKey(
+        "models_catalog.FoundationModel",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="quotas",
+    )
+    per_end_user = models.BooleanField(
+        default=False, help_text="Each end user gets these limits separately."
+    )
+    requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    tokens_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    tokens_per_day = models.PositiveIntegerField(null=True, blank=True)
+    max_concurrent = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Answers queued or running at once."
+    )
+    managed_by = models.CharField(
+        max_length=8, choices=ManagedBy.choices, default=ManagedBy.OPERATOR
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["tenant", "created_at"]
+        indexes = [models.Index(fields=["tenant"], name="quota_tenant")]
+
+    def __str__(self) -> str:
+        return f"{self.tenant} quota"
+
+
+class ReservationStatus(models.TextChoices):
+    OPEN = "open", "Open"
+    SETTLED = "settled", "Settled"
+    RELEASED = "released", "Released"
+
+
+class Reservation(models.Model):
+    """The worst-case cost of one answer, held against budgets until it settles."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey(
+        "conversations.Tenant", on_delete=models.CASCADE, related_name="reservations"
+    )
+    end_user = models.ForeignKey(
+        "conversations.EndUser", null=True, blank=True, on_delete=models.SET_NULL
+    )
+    model = models.ForeignKey("models_catalog.FoundationModel", on_delete=models.PROTECT)
+    message = models.OneToOneField(
+        "conversations.Message", on_delete=models.CASCADE, related_name="reservation"
+    )
+    prompt_tokens = models.PositiveIntegerField()
+    max_gen_len = models.PositiveIntegerField()
+    input_price_per_million = money_field()
+    output_price_per_million = money_field()
+    amount = money_field()
+    rate_token_counters = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="[key, tokens] of the token-quota windows counted, to refund unused tokens.",
+    )
+    status = models.CharField(
+        max_length=8, choices=ReservationStatus.choices, default=ReservationStatus.OPEN
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    closed_at = models.DateTimeField(null=True, blank=True)
+    close_reason = models.CharField(max_length=32, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(
+                fields=["tenant", "created_at"],
+                condition=models.Q(status="open"),
+                name="reservation_open",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.amount} USD for {self.message_id} ({self.status})"
+
+
+class UsageRecord(models.Model):
+    """One settled answer. Append-only; at most one per message (a database constraint)."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey(
+        "conversations.Tenant", on_delete=models.PROTECT, related_name="usage_records"
+    )
+    end_user = models.ForeignKey(
+        "conversations.EndUser", null=True, blank=True, on_delete=models.SET_NULL
+    )
+    conversation_id = models.UUIDField(help_text="Kept when the conversation is deleted.")
+    message_id = models.UUIDField(unique=True)
+    model = models.ForeignKey("models_catalog.FoundationModel", on_delete=models.PROTECT)
+    input_tokens = models.PositiveIntegerField()
+    output_tokens = models.PositiveIntegerField()
+    input_price_per_million = money_field()
+    output_price_per_million = money_field()
+    cost = money_field()
+    currency = models.CharField(max_length=3, default="USD")
+    outcome = models.CharField(max_length=16, help_text="completed or cancelled")
+    created_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["tenant", "-created_at"], name="usage_tenant_recent"),
+            models.Index(fields=["end_user", "created_at"], name="usage_end_user_recent"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.cost} USD · {self.message_id}"
+
+
+class AlertKind(models.TextChoices):
+    SOFT_THRESHOLD = "soft_threshold", "Soft threshold crossed"
+    LIMIT_REACHED = "limit_reached", "Limit reached"
+
+
+class Alert(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey(
+        "conversations.Tenant", on_delete=models.CASCADE, related_name="alerts"
+    )
+    budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="alerts")
+    end_user = models.ForeignKey(
+        "conversations.EndUser", null=True, blank=True, on_delete=models.SET_NULL
+    )
+    # "" for the whole budget, the end user's id for per-end-user budgets: a non-null key, so
+    # the uniqueness below holds on every database (NULLs are distinct in unique indexes).
+    scope_key = models.CharField(max_length=64, blank=True, default="")
+    kind = models.CharField(max_length=16, choices=AlertKind.choices)
+    period_start = models.DateTimeField()
+    spent_amount = money_field()
+    limit_amount = money_field()
+    created_at = models.DateTimeField(auto_now_add=True)
+    webhook_delivered_at = models.DateTimeField(null=True, blank=True)
+    webhook_attempts = models.PositiveIntegerField(default=0)
+    webhook_last_error = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            # "Once per budget per period" is a constraint, not a hope.
+            models.UniqueConstraint(
+                fields=["budget", "scope_key", "kind", "period_start"],
+                name="one_alert_per_budget_period",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} · {self.budget}"

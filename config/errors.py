@@ -57,10 +57,12 @@ class ApplicationError(Exception):
         details: Any = None,
         code: str | None = None,
         http_status: int | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.details = details
+        self.headers = headers or {}
         if code is not None:
             self.code = code
         if http_status is not None:

@@ -40,6 +40,7 @@ def api_exception_handler(exception: Exception, context: dict[str, Any]) -> Resp
         return Response(
             error_body(exception.code, exception.message, exception.details),
             status=exception.http_status,
+            headers=exception.headers,
         )
     if isinstance(exception, DjangoValidationError):
         exception = drf_exceptions.ValidationError(detail=exception.messages)

@@ -11,6 +11,13 @@ class Tenant(models.Model):
     name = models.CharField(max_length=200)
     slug = models.SlugField(max_length=64, unique=True)
     is_active = models.BooleanField(default=True)
+    time_zone = models.CharField(
+        max_length=64, default="UTC", help_text="Where budget days, weeks and months begin."
+    )
+    webhook_url = models.URLField(blank=True, help_text="Budget alerts are POSTed here.")
+    webhook_secret = models.CharField(
+        max_length=128, blank=True, help_text="Signs webhook bodies (HMAC-SHA256)."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -102,9 +102,13 @@ def stored_message(conversation, role: str, content: str):
 
 def tiny_model(family: str = "llama3", *, context_window: int = 200, cap: int = 50):
     """A catalogue entry with a small window, so trimming boundaries are easy to reach."""
+    from datetime import UTC, datetime
+    from decimal import Decimal
+
+    from billing.models import ModelPrice
     from models_catalog.models import FoundationModel
 
-    return FoundationModel.objects.create(
+    model = FoundationModel.objects.create(
         model_id=f"test.{family}-tiny-v1:0",
         name=f"Tiny {family}",
         family=family,
@@ -112,6 +116,13 @@ def tiny_model(family: str = "llama3", *, context_window: int = 200, cap: int = 
         max_gen_len_cap=cap,
         default_max_gen_len=min(cap, 16),
     )
+    ModelPrice.objects.create(
+        model=model,
+        input_price_per_million=Decimal("1.00"),
+        output_price_per_million=Decimal("2.00"),
+        effective_from=datetime(2024, 1, 1, tzinfo=UTC),
+    )
+    return model
 
 
 @pytest.fixture(scope="session")

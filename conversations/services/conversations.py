@@ -9,6 +9,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
+from billing.services import CallScope, reservation_create
 from config.errors import ApplicationError, NotFoundError
 from conversations.context import BuiltContext, context_build, message_token_count
 from conversations.models import (
@@ -200,7 +201,11 @@ def user_message_create(
     with transaction.atomic():
         # The row lock serialises turns of one conversation: sequence numbers stay gapless
         # and the context is built from the history this turn really follows.
-        locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
+        locked = (
+            Conversation.objects.select_for_update(of=("self",))
+            .select_related("tenant")
+            .get(pk=conversation.pk)
+        )
         if Message.objects.filter(conversation=locked, status__in=IN_PROGRESS).exists():
             raise GenerationInProgressError(
                 "An answer is still being generated in this conversation; wait for it or "
@@ -233,6 +238,18 @@ def user_message_create(
             max_gen_len=parameters.max_gen_len,
             temperature=parameters.temperature,
             top_p=parameters.top_p,
+        )
+        reservation_create(
+            scope=CallScope(
+                tenant_id=locked.tenant_id,
+                end_user_id=locked.end_user_id,
+                model_id=model.pk,
+                time_zone=locked.tenant.time_zone,
+            ),
+            message_id=answer.pk,
+            model=model,
+            prompt_tokens=context.prompt_token_count,
+            max_gen_len=parameters.max_gen_len,
         )
         transaction.on_commit(lambda: _enqueue_generation(answer))
     context = replace(

@@ -18,6 +18,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from billing.services import reservation_release, reservation_settle
 from config.errors import ApplicationError
 from conversations import answer_stream
 from conversations.context import context_build, message_token_count
@@ -52,7 +53,9 @@ def _claim(message_id: uuid.UUID) -> _Claim | None:
     )
     if not claimed:
         return None
-    message = Message.objects.select_related("conversation__model").get(pk=message_id)
+    message = Message.objects.select_related("conversation__model", "conversation__tenant").get(
+        pk=message_id
+    )
     return _Claim(message=message, attempt=message.attempt_count)
 
 
@@ -66,9 +69,15 @@ def _finish(
     stop_reason: str = "",
     error_code: str = "",
     error_message: str = "",
+    charge: tuple[int, int] | None = None,
 ) -> bool:
-    """Store the final state, if this attempt still owns the answer. True when stored."""
+    """Store the final state, if this attempt still owns the answer. True when stored.
+
+    In the same transaction the reservation settles at `charge` (input, output tokens), or
+    is released when there is nothing to charge, so an answer and its money never disagree.
+    """
     message = claim.message
+    conversation = message.conversation
     with transaction.atomic():
         stored = Message.objects.filter(
             pk=message.pk, status=MessageStatus.RUNNING, attempt_count=claim.attempt
@@ -84,6 +93,17 @@ def _finish(
             completed_at=timezone.now(),
             updated_at=timezone.now(),
         )
+        if stored and charge is not None:
+            reservation_settle(
+                message_id=message.pk,
+                conversation_id=conversation.pk,
+                input_tokens=charge[0],
+                output_tokens=charge[1],
+                outcome=status,
+                time_zone=conversation.tenant.time_zone,
+            )
+        elif stored:
+            reservation_release(message_id=message.pk, reason=status)
     if stored:
         message.refresh_from_db()
     return bool(stored)
@@ -149,8 +169,15 @@ def generation_run(*, message_id: uuid.UUID) -> Outcome:
     finally:
         events.close()  # stop reading from Bedrock at once on cancel or error
 
-    if final is None:  # cancelled mid-answer: keep what was streamed
-        _finish(claim, status=MessageStatus.CANCELLED, content="".join(parts))
+    if final is None:  # cancelled mid-answer: keep what was streamed, charge what was used
+        partial = "".join(parts)
+        streamed_tokens = message_token_count(conversation.model, partial) if partial else 0
+        _finish(
+            claim,
+            status=MessageStatus.CANCELLED,
+            content=partial,
+            charge=(context.prompt_token_count, streamed_tokens),
+        )
         _publish_final(claim.message)
         return Outcome.CANCELLED
     if not _finish(
@@ -160,6 +187,7 @@ def generation_run(*, message_id: uuid.UUID) -> Outcome:
         prompt_token_count=final.prompt_token_count,
         generation_token_count=final.generation_token_count,
         stop_reason=final.stop_reason,
+        charge=(final.prompt_token_count, final.generation_token_count),
     ):
         return Outcome.SKIPPED
     _publish_final(claim.message)
@@ -173,13 +201,16 @@ def generation_run(*, message_id: uuid.UUID) -> Outcome:
 
 def generation_fail(*, message_id: uuid.UUID, code: str, message: str) -> bool:
     """Mark an unfinished answer failed (final error, or retries used up)."""
-    stored = Message.objects.filter(pk=message_id, status__in=IN_PROGRESS).update(
-        status=MessageStatus.FAILED,
-        error_code=code,
-        error_message=message[:2000],
-        completed_at=timezone.now(),
-        updated_at=timezone.now(),
-    )
+    with transaction.atomic():
+        stored = Message.objects.filter(pk=message_id, status__in=IN_PROGRESS).update(
+            status=MessageStatus.FAILED,
+            error_code=code,
+            error_message=message[:2000],
+            completed_at=timezone.now(),
+            updated_at=timezone.now(),
+        )
+        if stored:
+            reservation_release(message_id=message_id, reason=MessageStatus.FAILED)
     if stored:
         failed = Message.objects.get(pk=message_id)
         _publish_final(failed)

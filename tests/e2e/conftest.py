@@ -20,9 +20,12 @@ import requests
 from django.conf import settings
 from django.db import connection
 
+from billing.default_prices import default_prices_load
+from billing.models import ModelPrice
 from config.embedded import free_port
 from conversations.services import api_key_create, tenant_create
 from models_catalog.bedrock.local_server import LocalBedrockServer
+from models_catalog.models import FoundationModel
 from models_catalog.services import catalogue_load
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -219,7 +222,9 @@ class Api:
 
 @pytest.fixture
 def api(web_server: str, transactional_db: None) -> Api:
-    catalogue_load()  # transactional tests empty the tables between tests
+    # Transactional tests empty the tables between tests, data migrations' rows included.
+    catalogue_load()
+    default_prices_load(model_class=FoundationModel, price_class=ModelPrice)
     tenant = tenant_create(slug="e2e")
     return Api(base_url=web_server, key=api_key_create(tenant=tenant).secret)
 

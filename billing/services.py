@@ -1,0 +1,396 @@
+"""Governance: reserve the worst case before Bedrock is called, settle the real cost once.
+
+Lock order, everywhere: the answer's message row (by the caller), then its reservation, then
+budget rows by id, then quota rows by id. Reserving locks every budget and quota that applies
+to the call, so concurrent requests cannot all pass a check that only one of them fits; on
+SQLite, IMMEDIATE transactions serialise writers to the same effect.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from django.db import transaction
+from django.db.models import Count, Q, QuerySet, Sum
+from django.utils import timezone
+from rest_framework import status
+
+from billing import rate_limits
+from billing.models import (
+    Alert,
+    AlertKind,
+    Budget,
+    Quota,
+    Reservation,
+    ReservationStatus,
+    UsageRecord,
+)
+from billing.periods import period_bounds
+from billing.pricing import price_in_force, token_cost
+from config.errors import ApplicationError
+
+logger = logging.getLogger(__name__)
+ZERO = Decimal(0)
+
+
+class BudgetExceededError(ApplicationError):
+    code = "budget_exceeded"
+    http_status = status.HTTP_402_PAYMENT_REQUIRED
+
+
+class QuotaExceededError(ApplicationError):
+    code = "quota_exceeded"
+    http_status = status.HTTP_429_TOO_MANY_REQUESTS
+
+
+@dataclass(frozen=True)
+class CallScope:
+    """Who is calling which model: what decides the budgets and quotas that apply."""
+
+    tenant_id: int
+    end_user_id: Any  # UUID or None
+    model_id: int
+    time_zone: str = "UTC"
+
+
+def budgets_for_call(scope: CallScope) -> QuerySet[Budget]:
+    budgets = Budget.objects.filter(tenant_id=scope.tenant_id)
+    budgets = budgets.filter(Q(end_user__isnull=True) | Q(end_user_id=scope.end_user_id))
+    budgets = budgets.filter(Q(model__isnull=True) | Q(model_id=scope.model_id))
+    if scope.end_user_id is None:
+        # "Each end user" budgets have no bucket for calls without an end user.
+        budgets = budgets.filter(per_end_user=False)
+    return budgets
+
+
+def quotas_for_call(scope: CallScope) -> QuerySet[Quota]:
+    quotas = Quota.objects.filter(tenant_id=scope.tenant_id)
+    quotas = quotas.filter(Q(end_user__isnull=True) | Q(end_user_id=scope.end_user_id))
+    quotas = quotas.filter(Q(model__isnull=True) | Q(model_id=scope.model_id))
+    if scope.end_user_id is None:
+        quotas = quotas.filter(per_end_user=False)
+    return quotas
+
+
+def _usage_filter(budget: Budget, end_user_id: Any) -> Q:
+    """The ledger rows (and reservations) a budget counts, for a call by end_user_id."""
+    condition = Q(tenant_id=budget.tenant_id)
+    if budget.end_user_id is not None:
+        condition &= Q(end_user_id=budget.end_user_id)
+    elif budget.per_end_user:
+        condition &= Q(end_user_id=end_user_id)
+    if budget.model_id is not None:
+        condition &= Q(model_id=budget.model_id)
+    return condition
+
+
+def _ledger_sum(budget: Budget, end_user_id: Any, since: datetime) -> Decimal:
+    rows = UsageRecord.objects.filter(_usage_filter(budget, end_user_id), created_at__gte=since)
+    return rows.aggregate(total=Sum("cost"))["total"] or ZERO
+
+
+def _open_reserved(budget: Budget, end_user_id: Any) -> Decimal:
+    reservations = Reservation.objects.filter(
+        _usage_filter(budget, end_user_id), status=ReservationStatus.OPEN
+    )
+    return reservations.aggregate(total=Sum("amount"))["total"] or ZERO
+
+
+@dataclass(frozen=True)
+class BudgetState:
+    budget: Budget
+    period_start: datetime
+    period_end: datetime | None
+    spent: Decimal
+    reserved: Decimal
+
+    @property
+    def remaining(self) -> Decimal:
+        return self.budget.limit_amount - self.spent - self.reserved
+
+
+def budget_state(
+    budget: Budget,
+    *,
+    end_user_id: Any = None,
+    time_zone: str = "UTC",
+    now: datetime | None = None,
+) -> BudgetState:
+    """Spend and open reservations in the current period. Rolls the counter over when a new
+    period has begun (call under the budget's row lock when about to change it)."""
+    now = now or timezone.now()
+    start, end = period_bounds(budget.period, now, time_zone)
+    if budget.per_end_user:
+        spent = _ledger_sum(budget, end_user_id, start) if end_user_id is not None else ZERO
+    else:
+        if budget.period_start != start:
+            # New period (or a new budget): start from the ledger, which is the truth.
+            budget.period_start = start
+            budget.spent_amount = _ledger_sum(budget, None, start)
+            Budget.objects.filter(pk=budget.pk).update(
+                period_start=start, spent_amount=budget.spent_amount
+            )
+        spent = budget.spent_amount
+    has_bucket = not (budget.per_end_user and end_user_id is None)
+    reserved = _open_reserved(budget, end_user_id) if has_bucket else ZERO
+    return BudgetState(budget, start, end, spent, reserved)
+
+
+def _refuse_over_budget(state: BudgetState, amount: Decimal) -> None:
+    budget = state.budget
+    period_end = state.period_end.isoformat() if state.period_end else None
+    raise BudgetExceededError(
+        f"This call could cost up to {amount} USD, which would cross the hard budget "
+        f"'{budget.name or budget.get_period_display()}' of {budget.limit_amount} USD: "
+        f"{state.spent} USD spent and {state.reserved} USD held by answers in progress this "
+        + (f"period, which ends {period_end}." if period_end else "budget's lifetime."),
+        details={
+            "budget_id": str(budget.pk),
+            "limit": str(budget.limit_amount),
+            "spent": str(state.spent),
+            "reserved": str(state.reserved),
+            "requested": str(amount),
+            "period": budget.period,
+            "period_start": state.period_start.isoformat(),
+            "period_end": period_end,
+        },
+    )
+
+
+def _concurrency_filter(quota: Quota, end_user_id: Any) -> Q:
+    condition = Q(tenant_id=quota.tenant_id, status=ReservationStatus.OPEN)
+    if quota.end_user_id is not None:
+        condition &= Q(end_user_id=quota.end_user_id)
+    elif quota.per_end_user:
+        condition &= Q(end_user_id=end_user_id)
+    if quota.model_id is not None:
+        condition &= Q(model_id=quota.model_id)
+    return condition
+
+
+def _refuse_over_concurrency(quotas: list[Quota], end_user_id: Any) -> None:
+    for quota in quotas:
+        if quota.max_concurrent is None:
+            continue
+        open_reservations = Reservation.objects.filter(_concurrency_filter(quota, end_user_id))
+        in_progress = open_reservations.aggregate(count=Count("pk"))["count"]
+        if in_progress >= quota.max_concurrent:
+            raise QuotaExceededError(
+                f"{in_progress} answers are already in progress; the quota allows "
+                f"{quota.max_concurrent} at once.",
+                details={"quota_id": str(quota.pk), "limit": "max_concurrent",
+                         "allowed": quota.max_concurrent, "retry_after_seconds": 1},
+                headers={"Retry-After": "1"},
+            )  # fmt: skip
+
+
+def _rate_charges(
+    quotas: list[Quota], end_user_id: Any, tokens: int, now: float
+) -> list[rate_limits.RateCharge]:
+    charges = []
+    for quota in quotas:
+        scope = str(end_user_id) if quota.per_end_user else "all"
+        limits = (
+            ("rpm", quota.requests_per_minute, 1, rate_limits.MINUTE, "requests per minute"),
+            ("tpm", quota.tokens_per_minute, tokens, rate_limits.MINUTE, "tokens per minute"),
+            ("tpd", quota.tokens_per_day, tokens, rate_limits.DAY, "tokens per day"),
+        )
+        for kind, limit, amount, window, description in limits:
+            is_tokens = kind != "rpm"
+            if limit is None:
+                continue
+            charges.append(
+                rate_limits.RateCharge(
+                    key=rate_limits.window_key(str(quota.pk), scope, kind, now, window),
+                    amount=amount,
+                    limit=limit,
+                    window_seconds=window,
+                    description=description,
+                    refundable=is_tokens,
+                )
+            )
+    return charges
+
+
+def reservation_create(
+    *,
+    scope: CallScope,
+    message_id: Any,
+    model: Any,
+    prompt_tokens: int,
+    max_gen_len: int,
+) -> Reservation:
+    """Hold the worst-case cost of one answer, or refuse (402 budget, 429 quota).
+
+    Must run inside the transaction that creates the answer, so a refusal stores nothing.
+    """
+    now = timezone.now()
+    price = price_in_force(model=model, at=now)
+    amount = token_cost(
+        input_tokens=prompt_tokens,
+        output_tokens=max_gen_len,
+        input_price=price.input_price_per_million,
+        output_price=price.output_price_per_million,
+    )
+    budgets = list(budgets_for_call(scope).select_for_update().order_by("pk"))
+    quotas = list(quotas_for_call(scope).select_for_update().order_by("pk"))
+    for budget in budgets:
+        state = budget_state(
+            budget, end_user_id=scope.end_user_id, time_zone=scope.time_zone, now=now
+        )
+        if budget.is_hard and state.spent + state.reserved + amount > budget.limit_amount:
+            _refuse_over_budget(state, amount)
+    _refuse_over_concurrency(quotas, scope.end_user_id)
+
+    worst_case_tokens = prompt_tokens + max_gen_len
+    clock = rate_limits.now_seconds()
+    charges = _rate_charges(quotas, scope.end_user_id, worst_case_tokens, clock)
+    refused = rate_limits.check_and_count(charges, clock)
+    if refused is not None:
+        retry_after = refused.retry_after_seconds(clock)
+        raise QuotaExceededError(
+            f"Quota of {refused.limit} {refused.description} reached; retry in "
+            f"{retry_after} s.",
+            details={"limit": refused.description, "allowed": refused.limit,
+                     "retry_after_seconds": retry_after},
+            headers={"Retry-After": str(retry_after)},
+        )  # fmt: skip
+    token_counters = [[charge.key, charge.amount] for charge in charges if charge.refundable]
+    return Reservation.objects.create(
+        tenant_id=scope.tenant_id,
+        end_user_id=scope.end_user_id,
+        model=model,
+        message_id=message_id,
+        prompt_tokens=prompt_tokens,
+        max_gen_len=max_gen_len,
+        input_price_per_million=price.input_price_per_million,
+        output_price_per_million=price.output_price_per_million,
+        amount=amount,
+        rate_token_counters=token_counters,
+    )
+
+
+def _alerts_check(state: BudgetState, end_user_id: Any) -> list[Alert]:
+    budget = state.budget
+    kinds = []
+    if budget.limit_amount > 0:
+        if state.spent * 100 >= budget.limit_amount * budget.soft_threshold_percent:
+            kinds.append(AlertKind.SOFT_THRESHOLD)
+        if state.spent >= budget.limit_amount:
+            kinds.append(AlertKind.LIMIT_REACHED)
+    created_alerts = []
+    scope_key = str(end_user_id) if budget.per_end_user and end_user_id else ""
+    for kind in kinds:
+        # The budget row is locked: no two settlements race to create the same alert.
+        alert, created = Alert.objects.get_or_create(
+            budget=budget,
+            scope_key=scope_key,
+            kind=kind,
+            period_start=state.period_start,
+            defaults={
+                "tenant_id": budget.tenant_id,
+                "end_user_id": end_user_id if scope_key else None,
+                "spent_amount": state.spent,
+                "limit_amount": budget.limit_amount,
+            },
+        )
+        if created:
+            created_alerts.append(alert)
+    return created_alerts
+
+
+@dataclass(frozen=True)
+class Settlement:
+    record: UsageRecord
+    alerts: list[Alert]
+
+
+def reservation_settle(
+    *,
+    message_id: Any,
+    conversation_id: Any,
+    input_tokens: int,
+    output_tokens: int,
+    outcome: str,
+    time_zone: str = "UTC",
+) -> Settlement | None:
+    """Turn the answer's reservation into one ledger entry at the real cost.
+
+    Call inside the transaction that stores the answer. At most once per message: the
+    reservation row is locked and must still be open, and the ledger's unique message_id
+    backs that up. Returns None when there is nothing (more) to settle.
+    """
+    reservation = Reservation.objects.select_for_update().filter(message_id=message_id).first()
+    if reservation is None or reservation.status != ReservationStatus.OPEN:
+        return None
+    now = timezone.now()
+    scope = CallScope(
+        tenant_id=reservation.tenant_id,
+        end_user_id=reservation.end_user_id,
+        model_id=reservation.model_id,
+        time_zone=time_zone,
+    )
+    budgets = list(budgets_for_call(scope).select_for_update().order_by("pk"))
+    # Roll periods over before the new ledger row exists, so it is counted exactly once.
+    states = [
+        budget_state(b, end_user_id=scope.end_user_id, time_zone=time_zone, now=now)
+        for b in budgets
+    ]
+    cost = token_cost(
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        input_price=reservation.input_price_per_million,
+        output_price=reservation.output_price_per_million,
+    )
+    record = UsageRecord.objects.create(
+        tenant_id=reservation.tenant_id,
+        end_user_id=reservation.end_user_id,
+        conversation_id=conversation_id,
+        message_id=message_id,
+        model_id=reservation.model_id,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        input_price_per_million=reservation.input_price_per_million,
+        output_price_per_million=reservation.output_price_per_million,
+        cost=cost,
+        outcome=outcome,
+        created_at=now,
+    )
+    alerts = []
+    for state in states:
+        budget = state.budget
+        if not budget.per_end_user:
+            budget.spent_amount += cost
+            Budget.objects.filter(pk=budget.pk).update(spent_amount=budget.spent_amount)
+        settled_state = BudgetState(
+            budget, state.period_start, state.period_end, state.spent + cost, ZERO
+        )
+        alerts += _alerts_check(settled_state, scope.end_user_id)
+    Reservation.objects.filter(pk=reservation.pk).update(
+        status=ReservationStatus.SETTLED, closed_at=now, close_reason=outcome
+    )
+    unused = reservation.prompt_tokens + reservation.max_gen_len - input_tokens - output_tokens
+    if unused > 0:
+        refunds = [(key, min(amount, unused)) for key, amount in reservation.rate_token_counters]
+        transaction.on_commit(lambda: rate_limits.refund(refunds))
+    return Settlement(record=record, alerts=alerts)
+
+
+def reservation_release(*, message_id: Any, reason: str) -> bool:
+    """Close the answer's reservation without a charge (failed, expired, cancelled in queue)."""
+    reservation = Reservation.objects.filter(
+        message_id=message_id, status=ReservationStatus.OPEN
+    ).first()
+    if reservation is None:
+        return False
+    released = Reservation.objects.filter(pk=reservation.pk, status=ReservationStatus.OPEN).update(
+        status=ReservationStatus.RELEASED, closed_at=timezone.now(), close_reason=reason
+    )
+    if released:
+        refunds = [(key, amount) for key, amount in reservation.rate_token_counters]
+        transaction.on_commit(lambda: rate_limits.refund(refunds))
+    return bool(released)
