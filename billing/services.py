@@ -300,7 +300,14 @@ def _alerts_check(state: BudgetState, end_user_id: Any) -> list[Alert]:
         )
         if created:
             created_alerts.append(alert)
+            transaction.on_commit(lambda alert_id=alert.pk: _enqueue_webhook(alert_id))
     return created_alerts
+
+
+def _enqueue_webhook(alert_id: Any) -> None:
+    from billing.tasks import deliver_alert_webhook
+
+    deliver_alert_webhook.delay(str(alert_id))
 
 
 @dataclass(frozen=True)

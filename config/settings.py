@@ -127,6 +127,18 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT_SECONDS", default=900)
 }
 
+# Periodic work (Celery beat): release reservations of answers whose task was lost.
+RESERVATION_EXPIRY_SECONDS = env.int("RESERVATION_EXPIRY_SECONDS", default=3600)
+CELERY_BEAT_SCHEDULE = {
+    "expire-stale-generations": {
+        "task": "conversations.tasks.expire_stale_generations",
+        "schedule": env.float("RESERVATION_EXPIRY_CHECK_SECONDS", default=60.0),
+    },
+}
+# Budget alert webhooks
+WEBHOOK_TIMEOUT_SECONDS = env.float("WEBHOOK_TIMEOUT_SECONDS", default=10.0)
+WEBHOOK_MAX_RETRIES = env.int("WEBHOOK_MAX_RETRIES", default=8)
+
 # Generation
 GENERATION_MAX_RETRIES = env.int("GENERATION_MAX_RETRIES", default=5)
 GENERATION_RETRY_BACKOFF_SECONDS = env.float("GENERATION_RETRY_BACKOFF_SECONDS", default=1.0)

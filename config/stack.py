@@ -210,7 +210,8 @@ def run() -> int:
             Child(
                 "celery worker",
                 [python, "-m", "celery", "-A", "config", "worker", "--loglevel=INFO",
-                 "--concurrency=2", "--without-gossip", "--without-mingle"],
+                 "--concurrency=2", "--without-gossip", "--without-mingle", "--beat",
+                 "--schedule", str(base_dir / "var" / "celerybeat-schedule")],
                 environment,
             )
         )  # fmt: skip
