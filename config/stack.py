@@ -9,7 +9,6 @@ or SIGTERM, and then stops every one of them. It is a laptop tool: production re
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
@@ -23,7 +22,8 @@ from types import FrameType
 
 import django
 
-PR_SET_PDEATHSIG = 1
+from config.embedded import die_with_parent
+
 DEMO_MODEL = "meta.llama3-1-8b-instruct-v1:0"
 JSON_FIELD = "python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])'"
 STOP_TIMEOUT_SECONDS = 15.0
@@ -32,12 +32,6 @@ READY_TIMEOUT_SECONDS = 60.0
 
 class StackError(RuntimeError):
     pass
-
-
-def _die_with_parent() -> None:
-    """Linux: a child gets SIGTERM if the run command itself is killed (even with SIGKILL)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class Child:
@@ -55,7 +49,7 @@ class Child:
             command,
             env=environment,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
             stdout=subprocess.PIPE if capture_output else None,
         )
         print(f"[stack] Started {name} (pid {self.process.pid})", flush=True)
@@ -87,6 +81,18 @@ class Child:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
+        _wait_for_group_to_vanish(self.process.pid)
+
+
+def _wait_for_group_to_vanish(group_id: int, timeout_seconds: float = 5.0) -> None:
+    """Grandchildren (pool processes) are reaped by init, not by us: wait until they are."""
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(group_id, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
 
 
 class Stop(Exception):  # noqa: N818 - a control-flow signal, not an error

@@ -7,6 +7,7 @@ from config import health
 api_v1 = [
     path("", include("models_catalog.urls")),
     path("", include("conversations.urls")),
+    path("", include("billing.urls")),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
 ]
 

@@ -9,8 +9,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from config.api_base import TenantScopedGenericAPIView
 from config.pagination import NewestFirstCursorPagination
-from conversations.api_base import TenantScopedGenericAPIView
 from conversations.models import ApiKey, Tenant
 from conversations.serializers import (
     ApiKeyCreatedOutputSerializer,

@@ -10,9 +10,10 @@ from rest_framework import status
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from billing.selectors import usage_by_message
+from config.api_base import TenantScopedGenericAPIView
 from config.openapi import error_response
 from config.pagination import NewestFirstCursorPagination, SequenceCursorPagination
-from conversations.api_base import TenantScopedGenericAPIView
 from conversations.chat_serializers import (
     ContextOutputSerializer,
     ContextQuerySerializer,
@@ -139,7 +140,10 @@ class ConversationMessagesApi(ConversationScopedView):
     def get(self, request: Request, conversation_id: str) -> Response:
         conversation = self.get_object()
         page = self.paginate_queryset(conversation.messages.all())
-        return self.get_paginated_response(MessageOutputSerializer(page, many=True).data)
+        context = {"usage_by_message": usage_by_message([message.pk for message in page])}
+        return self.get_paginated_response(
+            MessageOutputSerializer(page, many=True, context=context).data
+        )
 
     @extend_schema(
         operation_id="conversation_messages_create",

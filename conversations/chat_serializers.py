@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 from django.conf import settings
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from conversations.models import Conversation, Message
+from billing.selectors import usage_by_message
+from conversations.models import Conversation, Message, MessageRole
 from conversations.validators import validate_metadata
 
 
@@ -106,9 +109,21 @@ class MessageErrorSerializer(serializers.Serializer):
     message = serializers.CharField()
 
 
+class MessageUsageSerializer(serializers.Serializer):
+    input_tokens = serializers.IntegerField()
+    output_tokens = serializers.IntegerField()
+    cost = serializers.DecimalField(
+        max_digits=settings.MONEY_MAX_DIGITS, decimal_places=settings.MONEY_DECIMAL_PLACES
+    )
+    currency = serializers.CharField()
+
+
 class MessageOutputSerializer(serializers.ModelSerializer):
+    """A message; pass context["usage_by_message"] to serialise a page without N queries."""
+
     conversation = serializers.UUIDField(source="conversation_id")
     error = serializers.SerializerMethodField()
+    usage = serializers.SerializerMethodField()
 
     class Meta:
         model = Message
@@ -124,10 +139,23 @@ class MessageOutputSerializer(serializers.ModelSerializer):
             "generation_token_count",
             "stop_reason",
             "error",
+            "usage",
             "created_at",
             "completed_at",
         ]
 
+    @extend_schema_field(MessageUsageSerializer(allow_null=True))
+    def get_usage(self, message: Message) -> dict[str, Any] | None:
+        """What the answer was charged, once settled (null before, and for user turns)."""
+        if message.role != MessageRole.ASSISTANT:
+            return None
+        usage_map = self.context.get("usage_by_message")
+        if usage_map is None:
+            usage_map = usage_by_message([message.pk])
+        record = usage_map.get(message.pk)
+        return MessageUsageSerializer(record).data if record is not None else None
+
+    @extend_schema_field(MessageErrorSerializer(allow_null=True))
     def get_error(self, message: Message) -> dict[str, str] | None:
         if not message.error_code:
             return None

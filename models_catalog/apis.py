@@ -5,7 +5,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from models_catalog.selectors import foundation_model_get_active, foundation_model_list_active
+from models_catalog.selectors import foundation_model_get_active, foundation_model_list_with_prices
 from models_catalog.serializers import FoundationModelOutputSerializer
 
 
@@ -16,7 +16,7 @@ class FoundationModelListApi(APIView):
         summary="Active models with their limits",
     )
     def get(self, request: Request) -> Response:
-        models = foundation_model_list_active()
+        models = foundation_model_list_with_prices()
         return Response(FoundationModelOutputSerializer(models, many=True).data)
 
 

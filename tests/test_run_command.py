@@ -126,4 +126,5 @@ def test_run_command_serves_the_api_and_stops_everything(
             process.kill()
             process.wait()
     remaining = [pid for pid in child_pids if process_group_exists(pid)]
-    assert remaining == [], f"processes left behind: {remaining}"
+    leftovers = {pid: Path(f"/proc/{pid}/cmdline").read_bytes() for pid in remaining}
+    assert remaining == [], f"processes left behind: {leftovers}\n{output}"

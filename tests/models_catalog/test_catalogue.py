@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pytest
 
 from models_catalog.catalogue import CATALOGUE, resolve_model_id
@@ -97,7 +99,48 @@ def test_models_endpoint_lists_active_models_with_limits(owner_client) -> None:
         "default_temperature": 0.5,
         "default_top_p": 0.9,
         "accepts_images": False,
+        "price": {  # shared/BEDROCK.md, per 1M tokens
+            "input_per_million_tokens": "5.3200000000",
+            "output_per_million_tokens": "16.0000000000",
+            "currency": "USD",
+            "effective_from": "2024-01-01T00:00:00Z",
+        },
     }
+
+
+def test_every_catalogue_model_has_its_default_price(owner_client) -> None:
+    from billing.default_prices import DEFAULT_PRICES
+
+    listed = {item["id"]: item["price"] for item in owner_client.get("/api/v1/models").json()}
+    assert set(listed) == set(DEFAULT_PRICES)
+    for model_id, (input_price, output_price) in DEFAULT_PRICES.items():
+        assert Decimal(listed[model_id]["input_per_million_tokens"]) == input_price
+        assert Decimal(listed[model_id]["output_per_million_tokens"]) == output_price
+
+
+def test_models_endpoint_shows_the_price_in_force_not_a_future_one(owner_client) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from billing.models import ModelPrice
+
+    model = FoundationModel.objects.get(model_id="meta.llama3-8b-instruct-v1:0")
+    ModelPrice.objects.create(
+        model=model,
+        input_price_per_million=Decimal("0.25"),
+        output_price_per_million=Decimal("0.50"),
+        effective_from=timezone.now() - timedelta(hours=1),
+    )
+    ModelPrice.objects.create(
+        model=model,
+        input_price_per_million=Decimal("9"),
+        output_price_per_million=Decimal("9"),
+        effective_from=timezone.now() + timedelta(days=1),
+    )
+    price = owner_client.get("/api/v1/models/meta.llama3-8b-instruct-v1:0").json()["price"]
+    assert price["input_per_million_tokens"] == "0.2500000000"
+    assert price["output_per_million_tokens"] == "0.5000000000"
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,144 @@
+"""Writes of budgets and quotas, for operators (admin, commands) and tenants (the API).
+
+A tenant's API key manages only the budgets and quotas it created (managed_by="tenant");
+the operator's apply on top and are read-only to the tenant.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from django.apps import apps
+from rest_framework import status
+
+from billing.models import Budget, ManagedBy, Quota
+from config.errors import ApplicationError, NotFoundError
+from models_catalog.selectors import foundation_model_get_active
+
+UNSET: Any = object()
+
+
+class OperatorManagedError(ApplicationError):
+    code = "permission_denied"
+    http_status = status.HTTP_403_FORBIDDEN
+
+
+def _scope(tenant: Any, *, end_user: str | None, model: str | None) -> dict[str, Any]:
+    scope: dict[str, Any] = {"end_user": None, "model": None}
+    if end_user:
+        end_user_model = apps.get_model("conversations", "EndUser")
+        scope["end_user"], _ = end_user_model.objects.get_or_create(
+            tenant=tenant, external_id=end_user
+        )
+    if model:
+        try:
+            scope["model"] = foundation_model_get_active(raw_model_id=model)
+        except NotFoundError as error:
+            raise ApplicationError(
+                "The request is not valid; see details for each field.",
+                code="validation_error",
+                details={"model": [error.message]},
+            ) from None
+    return scope
+
+
+def _check_managed_by(instance: Budget | Quota, managed_by: str) -> None:
+    if managed_by == ManagedBy.TENANT and instance.managed_by != ManagedBy.TENANT:
+        raise OperatorManagedError(
+            "This limit is set by the service operator; it can be read but not changed here."
+        )
+
+
+def budget_create(
+    *,
+    tenant: Any,
+    period: str,
+    limit: Decimal,
+    managed_by: str,
+    name: str = "",
+    soft_threshold_percent: int = 80,
+    is_hard: bool = True,
+    end_user: str | None = None,
+    model: str | None = None,
+    per_end_user: bool = False,
+) -> Budget:
+    return Budget.objects.create(
+        tenant=tenant,
+        period=period,
+        limit_amount=limit,
+        managed_by=managed_by,
+        name=name,
+        soft_threshold_percent=soft_threshold_percent,
+        is_hard=is_hard,
+        per_end_user=per_end_user,
+        **_scope(tenant, end_user=end_user, model=model),
+    )
+
+
+def budget_update(*, budget: Budget, managed_by: str, **changes: Any) -> Budget:
+    _check_managed_by(budget, managed_by)
+    field_names = {"limit": "limit_amount"}
+    fields = {}
+    scope_changes = {key: changes.pop(key) for key in ("end_user", "model") if key in changes}
+    if scope_changes:
+        current = {
+            "end_user": budget.end_user.external_id if budget.end_user else None,
+            "model": budget.model.model_id if budget.model else None,
+        }
+        fields.update(_scope(budget.tenant, **{**current, **scope_changes}))
+    for key, value in changes.items():
+        fields[field_names.get(key, key)] = value
+    for key, value in fields.items():
+        setattr(budget, key, value)
+    budget.save()
+    return budget
+
+
+def budget_delete(*, budget: Budget, managed_by: str) -> None:
+    _check_managed_by(budget, managed_by)
+    budget.delete()
+
+
+def quota_create(
+    *,
+    tenant: Any,
+    managed_by: str,
+    end_user: str | None = None,
+    model: str | None = None,
+    per_end_user: bool = False,
+    requests_per_minute: int | None = None,
+    tokens_per_minute: int | None = None,
+    tokens_per_day: int | None = None,
+    max_concurrent: int | None = None,
+) -> Quota:
+    return Quota.objects.create(
+        tenant=tenant,
+        managed_by=managed_by,
+        per_end_user=per_end_user,
+        requests_per_minute=requests_per_minute,
+        tokens_per_minute=tokens_per_minute,
+        tokens_per_day=tokens_per_day,
+        max_concurrent=max_concurrent,
+        **_scope(tenant, end_user=end_user, model=model),
+    )
+
+
+def quota_update(*, quota: Quota, managed_by: str, **changes: Any) -> Quota:
+    _check_managed_by(quota, managed_by)
+    scope_changes = {key: changes.pop(key) for key in ("end_user", "model") if key in changes}
+    if scope_changes:
+        current = {
+            "end_user": quota.end_user.external_id if quota.end_user else None,
+            "model": quota.model.model_id if quota.model else None,
+        }
+        changes.update(_scope(quota.tenant, **{**current, **scope_changes}))
+    for key, value in changes.items():
+        setattr(quota, key, value)
+    quota.save()
+    return quota
+
+
+def quota_delete(*, quota: Quota, managed_by: str) -> None:
+    _check_managed_by(quota, managed_by)
+    quota.delete()
