@@ -9,7 +9,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from billing.services import CallScope, reservation_create
+from billing.services import CallScope, reservation_create, reservation_release
 from config.errors import ApplicationError, NotFoundError
 from conversations.context import BuiltContext, context_build, message_token_count
 from conversations.models import (
@@ -279,9 +279,18 @@ def message_cancel(*, message: Message) -> Message:
     if message.role != MessageRole.ASSISTANT:
         raise NotCancellableError("Only an assistant's answer can be cancelled.")
     now = timezone.now()
-    cancelled_in_queue = Message.objects.filter(pk=message.pk, status=MessageStatus.QUEUED).update(
-        status=MessageStatus.CANCELLED, cancel_requested_at=now, completed_at=now, updated_at=now
-    )
+    with transaction.atomic():
+        cancelled_in_queue = Message.objects.filter(
+            pk=message.pk, status=MessageStatus.QUEUED
+        ).update(
+            status=MessageStatus.CANCELLED,
+            cancel_requested_at=now,
+            completed_at=now,
+            updated_at=now,
+        )
+        if cancelled_in_queue:
+            # Nothing was generated: nothing to charge.
+            reservation_release(message_id=message.pk, reason=MessageStatus.CANCELLED)
     if cancelled_in_queue:
         from conversations import answer_stream
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import os
 import signal
+from decimal import Decimal
 
 import pytest
 
+from billing.models import Reservation, UsageRecord
+from billing.pricing import token_cost
 from conversations.context import context_build
 from conversations.models import Conversation, Message
 from conversations.tasks import generate_answer
@@ -49,6 +52,21 @@ def test_async_answer_is_generated_and_stored_with_bedrocks_counts(api: Api, sta
     assert answer["token_count"] == count_llama3_tokens(answer["content"].strip())
 
     # The next turn sees the answer in its history.
+    # One ledger entry, at Bedrock's counts and the price in force when the call was made.
+    record = UsageRecord.objects.get(message_id=answer["id"])
+    assert (record.input_tokens, record.output_tokens) == (
+        answer["prompt_token_count"],
+        answer["generation_token_count"],
+    )
+    assert record.cost == token_cost(
+        input_tokens=record.input_tokens,
+        output_tokens=record.output_tokens,
+        input_price=Decimal("0.22"),
+        output_price=Decimal("0.22"),
+    )
+    assert Decimal(answer["usage"]["cost"]) == record.cost
+    assert Reservation.objects.get(message_id=answer["id"]).status == "settled"
+
     second = api.send(conversation_id, "And an alpaca?").json()
     assert len(second["context"]["kept_message_ids"]) == 3
     second_answer = api.wait_final(second["assistant_message"]["id"])
@@ -152,6 +170,8 @@ def test_retries_used_up_fail_the_answer_with_the_error_code(
     assert answer["status"] == "failed"
     assert answer["error"]["code"] == "ThrottlingException"
     assert bedrock.request_count == 4
+    assert Reservation.objects.get(message_id=answer_id).status == "released"
+    assert not UsageRecord.objects.filter(message_id=answer_id).exists()
     events = stream_events(api, answer_id)
     assert events[-1].event == "error"
     # The conversation is free for the next turn.
@@ -206,6 +226,10 @@ def test_cancel_a_running_answer_keeps_what_was_streamed(
     assert full.startswith(answer["content"])
     assert len(answer["content"]) < len(full)
     wait_for(lambda: bedrock.streams_aborted == 1, timeout=10)  # we stopped reading
+    record = UsageRecord.objects.get(message_id=answer_id)  # charged for what it streamed
+    assert record.outcome == "cancelled"
+    assert record.output_tokens == count_llama3_tokens(answer["content"].strip())
+    assert Reservation.objects.get(message_id=answer_id).status == "settled"
     assert api.post(f"/api/v1/messages/{answer_id}/cancel").json()["status"] == "cancelled"
 
 
@@ -223,6 +247,8 @@ def test_cancel_a_queued_answer_then_the_worker_skips_it(
     assert api.wait_final(follow_up)["status"] == "completed"
     assert api.message(answer_id)["content"] == ""
     assert bedrock.request_count == 1
+    assert Reservation.objects.get(message_id=answer_id).status == "released"
+    assert not UsageRecord.objects.filter(message_id=answer_id).exists()
 
 
 def test_completed_finished_user_turns_reject_cancel(api: Api, start_worker) -> None:
@@ -246,6 +272,7 @@ def test_a_task_run_twice_never_duplicates_the_answer(api: Api, start_worker) ->
     wait_for(lambda: "skipped" in "".join(_worker_results(answer_id)), timeout=5, interval=0.1)
     assert api.message(answer_id) == first
     assert Message.objects.filter(conversation_id=conversation_id).count() == 2
+    assert UsageRecord.objects.filter(message_id=answer_id).count() == 1
 
 
 def _worker_results(answer_id: str) -> list[str]:
@@ -277,6 +304,7 @@ def test_a_worker_killed_mid_answer_leaves_it_to_run_again_once(
     assert Message.objects.get(pk=answer_id).attempt_count == 2
     assert Message.objects.filter(conversation_id=conversation_id, role="assistant").count() == 1
     assert bedrock.request_count == 2
+    assert UsageRecord.objects.filter(message_id=answer_id).count() == 1  # charged once
     events = stream_events(api, answer_id)
     kinds = [event.event for event in events]
     after_reset = events[kinds.index("reset") + 1 :]
