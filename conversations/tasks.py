@@ -37,3 +37,11 @@ def generate_answer(self: Task, message_id: str) -> str:
         raise self.retry(countdown=delay)
     generation_fail(message_id=uuid.UUID(message_id), code=code, message=detail)
     return "failed"
+
+
+@shared_task(ignore_result=True)
+def expire_stale_generations() -> dict[str, int]:
+    """Celery beat, every RESERVATION_EXPIRY_CHECK_SECONDS: close what crashes left open."""
+    from conversations.expiry import stale_generations_expire
+
+    return stale_generations_expire()

@@ -199,8 +199,10 @@ def generation_run(*, message_id: uuid.UUID) -> Outcome:
     return Outcome.COMPLETED
 
 
-def generation_fail(*, message_id: uuid.UUID, code: str, message: str) -> bool:
-    """Mark an unfinished answer failed (final error, or retries used up)."""
+def generation_fail(
+    *, message_id: uuid.UUID, code: str, message: str, release_reason: str | None = None
+) -> bool:
+    """Mark an unfinished answer failed (final error, retries used up, or expired)."""
     with transaction.atomic():
         stored = Message.objects.filter(pk=message_id, status__in=IN_PROGRESS).update(
             status=MessageStatus.FAILED,
@@ -210,10 +212,13 @@ def generation_fail(*, message_id: uuid.UUID, code: str, message: str) -> bool:
             updated_at=timezone.now(),
         )
         if stored:
-            reservation_release(message_id=message_id, reason=MessageStatus.FAILED)
+            reservation_release(
+                message_id=message_id, reason=release_reason or MessageStatus.FAILED
+            )
+            # Tell stream readers only once the failure is committed (the caller's
+            # transaction may be the outer one).
+            transaction.on_commit(lambda: _publish_final(Message.objects.get(pk=message_id)))
     if stored:
-        failed = Message.objects.get(pk=message_id)
-        _publish_final(failed)
         logger.warning("Generation %s failed: %s %s", message_id, code, message)
     return bool(stored)
 
