@@ -330,6 +330,27 @@ def parse_outcome(name: str) -> Outcome:
     )
 
 
+# How many stream starts the server remembers, and how much of each prompt: bounded, so a
+# long-running server (or one fed 128K-token prompts) does not grow without limit.
+STREAM_STARTS_KEPT = 10_000
+STREAM_START_PROMPT_CHARS = 1_000
+
+
+@dataclass(frozen=True)
+class StreamStart:
+    """When one stream's request arrived and its first chunk was sent, as ``time.time()``.
+
+    Wall-clock rather than monotonic so that another process on the same machine (a
+    benchmark client) can compare them with its own timestamps.
+    """
+
+    prompt_tail: str
+    """The prompt's last characters: the newest turn is there, so a caller can find its
+    request by a marker it put into that turn."""
+    received_at: float
+    first_chunk_at: float
+
+
 class _ServerState:
     """Everything the request handler threads share, behind one lock."""
 
@@ -344,6 +365,9 @@ class _ServerState:
         self.stream_endings: collections.Counter[str] = collections.Counter()
         self.stopping = threading.Event()
         self.open_connections: set[socket.socket] = set()
+        self.stream_starts: collections.deque[StreamStart] = collections.deque(
+            maxlen=STREAM_STARTS_KEPT
+        )
 
     def record_request(self, path: str) -> None:
         with self.lock:
@@ -352,6 +376,10 @@ class _ServerState:
     def count_stream(self, ending: str) -> None:
         with self.lock:
             self.stream_endings[ending] += 1
+
+    def record_stream_start(self, start: StreamStart) -> None:
+        with self.lock:
+            self.stream_starts.append(start)
 
     def next_outcome(self, *, streaming: bool) -> Outcome:
         with self.lock:
@@ -511,6 +539,7 @@ class _BedrockRequestHandler(http.server.BaseHTTPRequestHandler):
             self._send_error("UnknownOperationException", "Unknown operation.", status=404)
 
     def do_POST(self) -> None:
+        self._received_at = time.time()
         # Always consume the body, so the connection stays usable for the next request.
         raw_body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         path = urlsplit(self.path).path
@@ -558,7 +587,7 @@ class _BedrockRequestHandler(http.server.BaseHTTPRequestHandler):
             request.prompt, request.max_gen_len, config.seed, answer_tokens=config.answer_tokens
         )
         if streaming:
-            self._stream(generation, prompt_tokens, outcome, config)
+            self._stream(request.prompt, generation, prompt_tokens, outcome, config)
         elif outcome.kind == "midstream":
             # InvokeModel has no stream to fail inside; fail the whole call with that code.
             raise _RequestError(outcome.code, outcome.message)
@@ -590,7 +619,12 @@ class _BedrockRequestHandler(http.server.BaseHTTPRequestHandler):
         )
 
     def _stream(
-        self, generation: Generation, prompt_tokens: int, outcome: Outcome, config: ServerConfig
+        self,
+        prompt: str,
+        generation: Generation,
+        prompt_tokens: int,
+        outcome: Outcome,
+        config: ServerConfig,
     ) -> None:
         started = time.monotonic()
         self._response_started = True
@@ -622,6 +656,16 @@ class _BedrockRequestHandler(http.server.BaseHTTPRequestHandler):
                         }
                     )
                 )
+                if index == 0:
+                    # Stamped after the write, so it is the moment the chunk left for the
+                    # caller: what a time-to-first-token measurement subtracts.
+                    self.state.record_stream_start(
+                        StreamStart(
+                            prompt_tail=prompt[-STREAM_START_PROMPT_CHARS:],
+                            received_at=self._received_at,
+                            first_chunk_at=time.time(),
+                        )
+                    )
             if fails:
                 ending, last_message = "failed", self._stream_failure(outcome)
             else:
@@ -843,10 +887,17 @@ class LocalBedrockServer:
         with self._state.lock:
             return self._state.stream_endings["aborted"]
 
+    @property
+    def stream_starts(self) -> list[StreamStart]:
+        """The latest streams (up to STREAM_STARTS_KEPT) that sent a chunk, oldest first."""
+        with self._state.lock:
+            return list(self._state.stream_starts)
+
     def reset_counters(self) -> None:
         with self._state.lock:
             self._state.requests_by_path.clear()
             self._state.stream_endings.clear()
+            self._state.stream_starts.clear()
 
 
 # ---------------------------------------------------------------------------------------
