@@ -71,8 +71,10 @@ class Child:
     def stop(self) -> None:
         if not self.is_running():
             return
+        # The main process only: a Celery worker then finishes its tasks (warm shutdown) and
+        # stops its own pool; signalling the whole group would kill tasks mid-answer.
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
+            os.kill(self.process.pid, signal.SIGTERM)
         try:
             self.process.wait(timeout=STOP_TIMEOUT_SECONDS)
         except subprocess.TimeoutExpired:
@@ -225,7 +227,7 @@ def run() -> int:
             Child(
                 "web server",
                 [python, "-m", "uvicorn", "config.asgi:application", "--host", host,
-                 "--port", str(port), "--no-access-log"],
+                 "--port", str(port), "--no-access-log", "--timeout-graceful-shutdown", "5"],
                 environment,
             )
         )  # fmt: skip
