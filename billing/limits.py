@@ -10,6 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.apps import apps
+from django.db import transaction
 from rest_framework import status
 
 from billing.models import Budget, ManagedBy, Quota
@@ -17,6 +18,7 @@ from config.errors import ApplicationError, NotFoundError
 from models_catalog.selectors import foundation_model_get_active
 
 UNSET: Any = object()
+ZERO = Decimal(0)
 
 
 class OperatorManagedError(ApplicationError):
@@ -76,10 +78,19 @@ def budget_create(
     )
 
 
+# Changing any of these changes which ledger rows the spend counter stands for.
+COUNTER_SCOPE_FIELDS = frozenset({"end_user", "model", "per_end_user", "period"})
+
+
 def budget_update(*, budget: Budget, managed_by: str, **changes: Any) -> Budget:
+    """Write only the changed fields, under the budget's row lock.
+
+    A full save() would write back the spend counter as it was read, undoing a settlement
+    committed in between; a new scope or period recounts the spend from the ledger.
+    """
     _check_managed_by(budget, managed_by)
     field_names = {"limit": "limit_amount"}
-    fields = {}
+    fields: dict[str, Any] = {}
     scope_changes = {key: changes.pop(key) for key in ("end_user", "model") if key in changes}
     if scope_changes:
         current = {
@@ -89,9 +100,15 @@ def budget_update(*, budget: Budget, managed_by: str, **changes: Any) -> Budget:
         fields.update(_scope(budget.tenant, **{**current, **scope_changes}))
     for key, value in changes.items():
         fields[field_names.get(key, key)] = value
-    for key, value in fields.items():
-        setattr(budget, key, value)
-    budget.save()
+    if not fields:
+        return budget
+    with transaction.atomic():
+        Budget.objects.select_for_update().filter(pk=budget.pk).exists()
+        if COUNTER_SCOPE_FIELDS & set(fields):
+            fields.update(period_start=None, spent_amount=ZERO)
+        for key, value in fields.items():
+            setattr(budget, key, value)
+        budget.save(update_fields=[*fields, "updated_at"])
     return budget
 
 

@@ -8,6 +8,7 @@ minute"); the price is that a burst can straddle a boundary (up to 2N in 60 s). 
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -60,7 +61,8 @@ class RateCharge:
     """Token counts are reserved for the worst case and the unused part given back."""
 
     def retry_after_seconds(self, now: float) -> int:
-        return max(1, int(self.window_seconds - (now % self.window_seconds)))
+        # Rounded up: a client that waits exactly this long must land in the next window.
+        return max(1, math.ceil(self.window_seconds - (now % self.window_seconds)))
 
 
 def window_key(quota_id: str, scope: str, kind: str, at: float, window_seconds: int) -> str:

@@ -39,14 +39,15 @@ class ScopeInputSerializer(serializers.Serializer):
 class BudgetInputSerializer(ScopeInputSerializer):
     name = serializers.CharField(max_length=100, required=False, allow_blank=True)
     period = serializers.ChoiceField(choices=BudgetPeriod.choices)
-    limit = money(min_value=Decimal(0))
+    # A cap far above any real budget, inside what every database stores exactly enough.
+    limit = money(min_value=Decimal(0), max_value=Decimal(1_000_000_000))
     soft_threshold_percent = serializers.IntegerField(min_value=1, max_value=100, required=False)
     is_hard = serializers.BooleanField(required=False)
 
 
 class BudgetOutputSerializer(serializers.ModelSerializer):
-    end_user = serializers.CharField(source="end_user.external_id", default=None)
-    model = serializers.CharField(source="model.model_id", default=None)
+    end_user = serializers.CharField(source="end_user.external_id", allow_null=True, default=None)
+    model = serializers.CharField(source="model.model_id", allow_null=True, default=None)
     limit = money(source="limit_amount")
     spent = money(allow_null=True)
     reserved = money(allow_null=True)
@@ -64,16 +65,27 @@ class BudgetOutputSerializer(serializers.ModelSerializer):
         ]  # fmt: skip
 
 
+# The range of the PositiveIntegerFields that store quota limits (PostgreSQL's integer):
+# a larger number would be a database error, a 500, rather than a validation error.
+QUOTA_LIMIT_MAX = 2_147_483_647
+
+
+def quota_limit(**kwargs: object) -> serializers.IntegerField:
+    return serializers.IntegerField(
+        min_value=1, max_value=QUOTA_LIMIT_MAX, required=False, allow_null=True, **kwargs
+    )
+
+
 class QuotaInputSerializer(ScopeInputSerializer):
-    requests_per_minute = serializers.IntegerField(min_value=1, required=False, allow_null=True)
-    tokens_per_minute = serializers.IntegerField(min_value=1, required=False, allow_null=True)
-    tokens_per_day = serializers.IntegerField(min_value=1, required=False, allow_null=True)
-    max_concurrent = serializers.IntegerField(min_value=1, required=False, allow_null=True)
+    requests_per_minute = quota_limit()
+    tokens_per_minute = quota_limit()
+    tokens_per_day = quota_limit()
+    max_concurrent = quota_limit()
 
 
 class QuotaOutputSerializer(serializers.ModelSerializer):
-    end_user = serializers.CharField(source="end_user.external_id", default=None)
-    model = serializers.CharField(source="model.model_id", default=None)
+    end_user = serializers.CharField(source="end_user.external_id", allow_null=True, default=None)
+    model = serializers.CharField(source="model.model_id", allow_null=True, default=None)
 
     class Meta:
         model = Quota
@@ -118,7 +130,7 @@ class UsageOutputSerializer(serializers.Serializer):
 
 class UsageRecordOutputSerializer(serializers.ModelSerializer):
     model = serializers.CharField(source="model.model_id")
-    end_user = serializers.CharField(source="end_user.external_id", default=None)
+    end_user = serializers.CharField(source="end_user.external_id", allow_null=True, default=None)
     message = serializers.UUIDField(source="message_id")
     conversation = serializers.UUIDField(source="conversation_id")
     input_price_per_million = money()
@@ -136,7 +148,7 @@ class UsageRecordOutputSerializer(serializers.ModelSerializer):
 
 class AlertOutputSerializer(serializers.ModelSerializer):
     budget = serializers.UUIDField(source="budget_id")
-    end_user = serializers.CharField(source="end_user.external_id", default=None)
+    end_user = serializers.CharField(source="end_user.external_id", allow_null=True, default=None)
     spent_amount = money()
     limit_amount = money()
 
