@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+import traceback
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404
 from rest_framework import exceptions as drf_exceptions
-from rest_framework import status
+from rest_framework import parsers, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_default_exception_handler
 
@@ -34,6 +36,15 @@ def _drf_exception_code(exception: drf_exceptions.APIException) -> str:
     return code_for_status(exception.status_code)
 
 
+def _is_body_nested_too_deeply(exception: Exception) -> bool:
+    # json gives up on deeply nested input with RecursionError, not the ValueError DRF's
+    # parser turns into a ParseError; only a RecursionError from parsing is the client's fault.
+    return isinstance(exception, RecursionError) and any(
+        frame.f_code.co_filename == parsers.__file__
+        for frame, _ in traceback.walk_tb(exception.__traceback__)
+    )
+
+
 def api_exception_handler(exception: Exception, context: dict[str, Any]) -> Response:
     """DRF EXCEPTION_HANDLER: every exception a view raises becomes our error format."""
     if isinstance(exception, ApplicationError):
@@ -42,7 +53,14 @@ def api_exception_handler(exception: Exception, context: dict[str, Any]) -> Resp
             status=exception.http_status,
             headers=exception.headers,
         )
-    if isinstance(exception, DjangoValidationError):
+    if isinstance(exception, RequestDataTooBig):
+        return Response(
+            error_body("request_too_large", "The request body is too large."),
+            status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        )
+    if _is_body_nested_too_deeply(exception):
+        exception = drf_exceptions.ParseError("JSON parse error - nested too deeply.")
+    elif isinstance(exception, DjangoValidationError):
         exception = drf_exceptions.ValidationError(detail=exception.messages)
     elif isinstance(exception, Http404):
         exception = drf_exceptions.NotFound()

@@ -1,14 +1,22 @@
-"""Keeps HTML out of /api/: errors raised outside DRF views get the JSON error format too."""
+"""Keeps HTML out of /api/: errors raised outside DRF views get the JSON error format too.
+
+It also refuses, before any view runs, what no /api/ endpoint should see: credentials in the
+query string, NUL characters in it, bodies over DATA_UPLOAD_MAX_MEMORY_SIZE, and clients over
+the failed-authentication limit (config.auth_throttle).
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 
+from django.conf import settings
 from django.core.exceptions import BadRequest, PermissionDenied, SuspiciousOperation
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 
-from config.errors import json_error_response
+from config import auth_throttle
+from config.errors import error_body, json_error_response
 
 logger = logging.getLogger(__name__)
 
@@ -24,8 +32,62 @@ ERROR_MESSAGES = {
 CLIENT_ERRORS = (Http404, PermissionDenied, BadRequest, SuspiciousOperation)
 
 
+# URLs end up in access logs, browser history and Referer headers, so a key sent in one is
+# refused (and never tried), under these names or any name when it looks like one of ours.
+CREDENTIAL_QUERY_NAMES = frozenset(
+    {"api_key", "api-key", "apikey", "key", "access_token", "token", "authorization"}
+)
+API_KEY_LOOKALIKE = re.compile(r"lk_[0-9a-fA-F]{12}\.\S")
+
+
 def _is_json(response: HttpResponse) -> bool:
     return response.get("Content-Type", "").startswith("application/json")
+
+
+def _content_length(request: HttpRequest) -> int:
+    try:
+        return int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return 0
+
+
+def _refusal(request: HttpRequest) -> HttpResponse | None:
+    """The answer to a request no API view should see, or None to let it through."""
+    for name, values in request.GET.lists():
+        texts = [name, *values]
+        if name.lower() in CREDENTIAL_QUERY_NAMES or any(
+            API_KEY_LOOKALIKE.search(text) for text in texts
+        ):
+            return json_error_response(
+                400,
+                "Credentials must not be sent in the query string; use the "
+                "'Authorization: Bearer <key>' header (and revoke a key that was sent in a URL).",
+                code="credentials_in_query",
+            )
+        if any("\x00" in text for text in texts):
+            return json_error_response(
+                400, "The query string must not contain NUL characters.", "malformed_request"
+            )
+    if _content_length(request) > settings.DATA_UPLOAD_MAX_MEMORY_SIZE:
+        return json_error_response(
+            413,
+            f"The request body must be at most {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes.",
+            code="request_too_large",
+        )
+    return None
+
+
+def _too_many_failed_authentications(retry_after: int) -> HttpResponse:
+    response = JsonResponse(
+        error_body(
+            "too_many_failed_authentications",
+            "Too many failed authentications from this address; try again later.",
+            {"retry_after_seconds": retry_after},
+        ),
+        status=429,
+    )
+    response["Retry-After"] = str(retry_after)
+    return response
 
 
 class ApiJsonErrorMiddleware:
@@ -33,10 +95,26 @@ class ApiJsonErrorMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
+        if not request.path.startswith(API_PREFIX):
+            return self.get_response(request)
+        try:
+            refusal = _refusal(request)
+        except SuspiciousOperation:  # more query fields than DATA_UPLOAD_MAX_NUMBER_FIELDS
+            refusal = json_error_response(400, "The query string is not valid.", "bad_request")
+        if refusal is not None:
+            return refusal
+        # Only requests that present credentials can be guesses, so only they are limited.
+        address = None
+        if request.META.get("HTTP_AUTHORIZATION"):
+            address = auth_throttle.client_address(request)
+            retry_after = auth_throttle.failed_authentication_retry_after(address)
+            if retry_after is not None:
+                return _too_many_failed_authentications(retry_after)
         response = self.get_response(request)
+        if address is not None and response.status_code == 401:
+            auth_throttle.failed_authentication_record(address)
         if (
-            request.path.startswith(API_PREFIX)
-            and response.status_code >= 400
+            response.status_code >= 400
             and not _is_json(response)
             and not getattr(response, "streaming", False)
         ):

@@ -57,6 +57,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "config.request_context.request_context_middleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "config.middleware.ApiJsonErrorMiddleware",
@@ -69,6 +70,8 @@ MIDDLEWARE = [
 ]
 
 ROOT_URLCONF = "config.urls"
+# Django 6 behaviour now: a URL typed without a scheme (a webhook URL in the admin) is https.
+FORMS_URLFIELD_ASSUME_HTTPS = True
 WSGI_APPLICATION = "config.wsgi.application"
 ASGI_APPLICATION = "config.asgi.application"
 
@@ -213,13 +216,36 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
 }
 
+# Logging (config/logging.py): one JSON object per line, or LOG_FORMAT=plain for people.
+# Every line carries the request id and tenant, or the Celery task, it was logged for, and
+# API keys and bearer tokens are redacted from it.
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
+LOG_FORMAT = env.str("LOG_FORMAT", default="json")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {
+        "context": {"()": "config.logging.RequestContextFilter"},
+        "redact": {"()": "config.logging.SecretRedactionFilter"},
+    },
+    "formatters": {"default": {"()": "config.logging.formatter_for", "log_format": LOG_FORMAT}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "default",
+            "filters": ["context", "redact"],
+        }
+    },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        # Django, uvicorn and Celery bring handlers of their own: everything goes through ours
+        # (Celery makes its task logger stop propagating, so that one gets ours directly).
+        "django": {"handlers": [], "propagate": True},
+        "uvicorn": {"handlers": [], "propagate": True},
+        "celery.task": {"handlers": ["console"], "propagate": False},
+        # The middleware writes a richer access line (request id, tenant, URL name).
+        "uvicorn.access": {"level": "WARNING"},
+    },
 }
 
 if IS_PRODUCTION:
@@ -230,3 +256,20 @@ if IS_PRODUCTION:
     SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = True
+
+# Observability (config/logging.py, config/metrics.py). Celery keeps its hands off the
+# root logger, so worker lines are JSON too. /metrics answers a bearer METRICS_TOKEN, or,
+# when it is empty, only unproxied requests from loopback; everyone else gets 404.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+METRICS_TOKEN = read_secret("METRICS_TOKEN", "")
+
+# Hostile input and key guessing (config/middleware.py, config/auth_throttle.py).
+# Bodies over MAX_REQUEST_BODY_BYTES answer 413 before they are read; the default leaves room
+# for the longest message written entirely as \uXXXX escapes. A client address over
+# AUTH_FAILURE_LIMIT failed authentications in an AUTH_FAILURE_WINDOW_SECONDS window gets 429
+# until the window ends. The address is REMOTE_ADDR, or with TRUSTED_PROXY_COUNT proxies in
+# front, the X-Forwarded-For entry that many from the right (0: never trust the header).
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("MAX_REQUEST_BODY_BYTES", default=4 * 1024 * 1024)
+AUTH_FAILURE_LIMIT = env.int("AUTH_FAILURE_LIMIT", default=20)
+AUTH_FAILURE_WINDOW_SECONDS = env.int("AUTH_FAILURE_WINDOW_SECONDS", default=60)
+TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)

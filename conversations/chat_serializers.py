@@ -13,9 +13,48 @@ from billing.selectors import usage_by_message
 from conversations.models import Conversation, Message, MessageRole
 from conversations.validators import validate_metadata
 
+# Deeper metadata is refused before anything recurses through it (json.dumps, the database
+# adapter, the renderer), since Python's json gives up near its recursion limit with a 500.
+METADATA_MAX_DEPTH = 32
+
+
+def _nesting_depth(value: Any) -> int:
+    depth, level = 0, [value]
+    while level:
+        depth += 1
+        if depth > METADATA_MAX_DEPTH:
+            break
+        level = [
+            child
+            for container in level
+            if isinstance(container, dict | list)
+            for child in (container.values() if isinstance(container, dict) else container)
+            if isinstance(child, dict | list)
+        ]
+    return depth
+
+
+@extend_schema_field({"type": "object", "additionalProperties": True})
+class MetadataField(serializers.JSONField):
+    default_error_messages = {
+        "too_deep": f"Must be nested at most {METADATA_MAX_DEPTH} levels deep.",
+    }
+
+    def to_internal_value(self, data: Any) -> Any:
+        if _nesting_depth(data) > METADATA_MAX_DEPTH:
+            self.fail("too_deep")
+        return super().to_internal_value(data)
+
+
+class SamplingParameterField(serializers.DecimalField):
+    def to_internal_value(self, data: Any) -> Decimal:
+        value = super().to_internal_value(data)
+        # "-0" is a valid decimal; store and send Bedrock a plain 0.
+        return value.copy_abs() if value.is_zero() else value
+
 
 def _sampling_field(**kwargs: object) -> serializers.DecimalField:
-    return serializers.DecimalField(
+    return SamplingParameterField(
         max_digits=3,
         decimal_places=2,
         min_value=Decimal("0"),
@@ -48,13 +87,13 @@ class ConversationCreateInputSerializer(GenerationParametersInputSerializer):
         max_length=200, required=False, allow_null=True, default=None,
         help_text="Your own id for the person chatting; created on first use.",
     )  # fmt: skip
-    metadata = serializers.JSONField(required=False, default=dict, validators=[validate_metadata])
+    metadata = MetadataField(required=False, default=dict, validators=[validate_metadata])
 
 
 class ConversationUpdateInputSerializer(GenerationParametersInputSerializer):
     title = serializers.CharField(max_length=200, required=False, allow_blank=True)
     system_prompt = _content_field(required=False, allow_blank=True)
-    metadata = serializers.JSONField(required=False, validators=[validate_metadata])
+    metadata = MetadataField(required=False, validators=[validate_metadata])
     is_archived = serializers.BooleanField(required=False)
 
 

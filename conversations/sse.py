@@ -119,6 +119,7 @@ async def message_stream(request: HttpRequest, message_id: uuid.UUID) -> HttpRes
     tenant = await sync_to_async(_tenant_for)(request)
     if isinstance(tenant, JsonResponse):
         return tenant
+    request.tenant = tenant  # for the log lines of this request, as authentication does
     message = await Message.objects.filter(tenant=tenant, pk=message_id).afirst()
     if message is None:
         return _error(404, "not_found", "Not found.")

@@ -8,6 +8,7 @@ import uuid
 from celery import Task, shared_task
 from django.conf import settings
 
+from config.metrics import record_bedrock_error
 from conversations.services.generation import (
     BedrockError,
     generation_fail,
@@ -27,6 +28,7 @@ def generate_answer(self: Task, message_id: str) -> str:
     try:
         return generation_run(message_id=uuid.UUID(message_id)).value
     except BedrockError as error:
+        record_bedrock_error(error.code)
         retryable, code, detail = error.retryable, error.code, error.message
     except Exception as error:
         # Our own failure (the database away during settlement, say): worth another try,

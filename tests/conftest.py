@@ -137,3 +137,14 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: N
     if database["ENGINE"] == "django.db.backends.sqlite3":
         directory = Path(tempfile.mkdtemp(prefix="tests-sqlite-"))
         database.setdefault("TEST", {})["NAME"] = str(directory / "test.sqlite3")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_authentication_failure_counts() -> None:
+    """Every test client is 127.0.0.1: one test's failed keys must not throttle the next."""
+    from config.auth_throttle import KEY_PREFIX
+    from config.redis_client import get_redis
+
+    client = get_redis()
+    for key in client.scan_iter(f"{KEY_PREFIX}:*"):
+        client.delete(key)
