@@ -305,7 +305,7 @@ def _alerts_check(state: BudgetState, end_user_id: Any) -> list[Alert]:
         )
         if created:
             created_alerts.append(alert)
-            transaction.on_commit(lambda alert_id=alert.pk: _enqueue_webhook(alert_id))
+            transaction.on_commit(lambda alert_id=alert.pk: _enqueue_webhook(alert_id), robust=True)
     return created_alerts
 
 
@@ -388,7 +388,7 @@ def reservation_settle(
     unused = reservation.prompt_tokens + reservation.max_gen_len - input_tokens - output_tokens
     if unused > 0:
         refunds = [(key, min(amount, unused)) for key, amount in reservation.rate_token_counters]
-        transaction.on_commit(lambda: rate_limits.refund(refunds))
+        transaction.on_commit(lambda: rate_limits.refund(refunds), robust=True)
     return Settlement(record=record, alerts=alerts)
 
 
@@ -404,5 +404,5 @@ def reservation_release(*, message_id: Any, reason: str) -> bool:
     )
     if released:
         refunds = [(key, amount) for key, amount in reservation.rate_token_counters]
-        transaction.on_commit(lambda: rate_limits.refund(refunds))
+        transaction.on_commit(lambda: rate_limits.refund(refunds), robust=True)
     return bool(released)

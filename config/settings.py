@@ -126,8 +126,13 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 # With late acks a task whose whole worker died comes back after this long; it must be
 # longer than the longest generation, or a slow answer would be handed to a second worker.
+CELERY_VISIBILITY_TIMEOUT_SECONDS = env.int("CELERY_VISIBILITY_TIMEOUT_SECONDS", default=900)
 CELERY_BROKER_TRANSPORT_OPTIONS = {
-    "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT_SECONDS", default=900)
+    "visibility_timeout": CELERY_VISIBILITY_TIMEOUT_SECONDS,
+    # kombu looks for abandoned tasks every interval x throttle seconds (10 x 10 by
+    # default): without these a dead worker's task waits up to ~100 s past the timeout.
+    "unacked_restore_interval": max(1, min(10, CELERY_VISIBILITY_TIMEOUT_SECONDS // 2)),
+    "unacked_restore_throttle": 1,
 }
 
 # Periodic work (Celery beat): release reservations of answers whose task was lost.

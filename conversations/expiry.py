@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from billing.models import Reservation, ReservationStatus
@@ -51,6 +52,29 @@ def _queued_answer_expire(message_id: uuid.UUID, age_seconds: int) -> bool:
         )
 
 
+def _running_answer_expire(message_id: uuid.UUID, age_seconds: int, cutoff: datetime) -> bool:
+    with transaction.atomic():
+        # Same lock as above: a redelivered task claiming it now (which would move
+        # updated_at) waits, then finds the answer failed and skips.
+        still_stale = (
+            Message.objects.select_for_update()
+            .filter(pk=message_id, status=MessageStatus.RUNNING, updated_at__lt=cutoff)
+            .values_list("pk", flat=True)
+            .first()
+        )
+        if still_stale is None:
+            return False
+        return generation_fail(
+            message_id=message_id,
+            code=EXPIRED_CODE,
+            release_reason=EXPIRED_CODE,
+            message=(
+                f"The answer's generation stopped more than {age_seconds} s ago and its task "
+                "was lost; send the message again."
+            ),
+        )
+
+
 def _final_answer_release(message_id: uuid.UUID) -> bool:
     # A final status never changes again, so the message needs no lock; the release is a
     # conditional update on the reservation and its quota refund runs on commit.
@@ -70,19 +94,25 @@ def stale_generations_expire(
     age = settings.RESERVATION_EXPIRY_SECONDS if older_than_seconds is None else older_than_seconds
     cutoff = (now or timezone.now()) - timedelta(seconds=age)
     stale = Reservation.objects.filter(status=ReservationStatus.OPEN, created_at__lt=cutoff)
+    # A running answer whose last claim is older than the age lost its task for good (the
+    # broker lost it, or the task died unable to store its failure): no redelivery comes.
+    running_recently = Q(message__status=MessageStatus.RUNNING, message__updated_at__gte=cutoff)
     candidates = list(
-        stale.exclude(message__status=MessageStatus.RUNNING)
+        stale.exclude(running_recently)
         .order_by("created_at")
         .values_list("message_id", "message__status")[:BATCH_SIZE]
     )
     counts = {
         "queued_failed": 0,
+        "running_failed": 0,
         "final_released": 0,
-        "running_skipped": stale.filter(message__status=MessageStatus.RUNNING).count(),
+        "running_skipped": stale.filter(running_recently).count(),
     }
     for message_id, status in candidates:
         if status == MessageStatus.QUEUED:
             counts["queued_failed"] += _queued_answer_expire(message_id, age)
+        elif status == MessageStatus.RUNNING:
+            counts["running_failed"] += _running_answer_expire(message_id, age, cutoff)
         else:
             counts["final_released"] += _final_answer_release(message_id)
     return counts

@@ -251,7 +251,9 @@ def user_message_create(
             prompt_tokens=context.prompt_token_count,
             max_gen_len=parameters.max_gen_len,
         )
-        transaction.on_commit(lambda: _enqueue_generation(answer))
+        # robust: with the broker away the turn is still stored and its answer, never
+        # started, is failed as expired by the periodic check instead of erroring here.
+        transaction.on_commit(lambda: _enqueue_generation(answer), robust=True)
     context = replace(
         context,
         kept_message_ids=[*context.kept_message_ids, message.id],

@@ -13,6 +13,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
+import redis
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F
@@ -30,6 +31,8 @@ from models_catalog.services import llama2_token_ratio_observe
 logger = logging.getLogger(__name__)
 
 IN_PROGRESS = (MessageStatus.QUEUED, MessageStatus.RUNNING)
+# After a failed publish, how long the stream is left alone before the next try.
+STREAM_RETRY_SECONDS = 1.0
 
 
 class Outcome(enum.StrEnum):
@@ -109,9 +112,41 @@ def _finish(
     return bool(stored)
 
 
+class _Wire:
+    """The answer's stream, best effort: the stored message is the record, the stream only
+    the wire. Redis away (a restart, say) must cost neither the answer nor a second Bedrock
+    call: deltas are dropped while it is away, and once it answers again this attempt is
+    sent again whole (`reset`, then the text so far), so readers never see a gap. Readers
+    that miss the final event learn the end from the database (see conversations.sse)."""
+
+    def __init__(self, message_id: uuid.UUID, attempt: int) -> None:
+        self.message_id = message_id
+        self.attempt = attempt
+        self.broken_until: float | None = None
+
+    def publish(self, event_type: str, **data: object) -> bool:
+        try:
+            answer_stream.publish(self.message_id, event_type, **data)
+        except redis.RedisError as error:
+            logger.warning("Answer stream %s unavailable: %s", self.message_id, error)
+            self.broken_until = time.monotonic() + STREAM_RETRY_SECONDS
+            return False
+        return True
+
+    def delta(self, text: str, parts: list[str]) -> None:
+        if self.broken_until is None:
+            self.publish(answer_stream.DELTA, text=text, attempt=self.attempt)
+        elif time.monotonic() >= self.broken_until:
+            self.broken_until = None
+            if self.publish(answer_stream.RESET, attempt=self.attempt):
+                self.publish(answer_stream.DELTA, text="".join(parts), attempt=self.attempt)
+
+
 def _publish_final(message: Message) -> None:
     event = answer_stream.ERROR if message.status == MessageStatus.FAILED else answer_stream.DONE
-    answer_stream.publish(message.pk, event, status=message.status, attempt=message.attempt_count)
+    _Wire(message.pk, message.attempt_count).publish(
+        event, status=message.status, attempt=message.attempt_count
+    )
 
 
 def _cancel_requested(message_id: uuid.UUID) -> bool:
@@ -140,9 +175,10 @@ def generation_run(*, message_id: uuid.UUID) -> Outcome:
         generation_fail(message_id=message.pk, code=error.code, message=error.message)
         return Outcome.SKIPPED
 
+    wire = _Wire(message.pk, claim.attempt)
     if claim.attempt > 1:
         # Text sent by an earlier attempt is void: clients start the answer again.
-        answer_stream.publish(message.pk, answer_stream.RESET, attempt=claim.attempt)
+        wire.publish(answer_stream.RESET, attempt=claim.attempt)
     parts: list[str] = []
     final: bedrock.Final | None = None
     events = bedrock.stream(
@@ -159,9 +195,7 @@ def generation_run(*, message_id: uuid.UUID) -> Outcome:
                 final = event
                 continue
             parts.append(event.text)
-            answer_stream.publish(
-                message.pk, answer_stream.DELTA, text=event.text, attempt=claim.attempt
-            )
+            wire.delta(event.text, parts)
             if time.monotonic() >= next_cancel_check:
                 next_cancel_check = time.monotonic() + settings.GENERATION_CANCEL_CHECK_SECONDS
                 if _cancel_requested(message.pk):

@@ -52,7 +52,7 @@ def end_without_settling(answer: Message, status: MessageStatus) -> None:
     Message.objects.filter(pk=answer.pk).update(status=status, completed_at=timezone.now())
 
 
-NOTHING = {"queued_failed": 0, "final_released": 0, "running_skipped": 0}
+NOTHING = {"queued_failed": 0, "running_failed": 0, "final_released": 0, "running_skipped": 0}
 
 
 def test_a_stale_queued_answer_fails_as_expired_and_its_reservation_is_released(
@@ -163,7 +163,7 @@ def test_a_second_run_changes_nothing_more(tenant) -> None:
     }
     second = stale_generations_expire()
 
-    assert first == {"queued_failed": 1, "final_released": 1, "running_skipped": 1}
+    assert first == {**NOTHING, "queued_failed": 1, "final_released": 1, "running_skipped": 1}
     assert second == {**NOTHING, "running_skipped": 1}
     assert {
         (r.message_id, r.status, r.closed_at) for r in Reservation.objects.filter(tenant=tenant)
@@ -179,3 +179,17 @@ def test_the_beat_task_runs_the_expiry(tenant) -> None:
     assert result.get() == {**NOTHING, "queued_failed": 1}
     answer.refresh_from_db()
     assert answer.status == MessageStatus.FAILED
+
+
+def test_a_running_answer_whose_task_was_lost_long_ago_fails_as_expired(
+    tenant, django_capture_on_commit_callbacks
+) -> None:
+    answer = new_answer(tenant)
+    long_ago = timezone.now() - timedelta(seconds=EXPIRY_SECONDS + 60)
+    Message.objects.filter(pk=answer.pk).update(status=MessageStatus.RUNNING, updated_at=long_ago)
+    age(answer)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert stale_generations_expire() == {**NOTHING, "running_failed": 1}
+    answer.refresh_from_db()
+    assert (answer.status, answer.error_code) == (MessageStatus.FAILED, "expired")
+    assert reservation_of(answer).status == ReservationStatus.RELEASED
