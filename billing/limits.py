@@ -45,6 +45,18 @@ def _scope(tenant: Any, *, end_user: str | None, model: str | None) -> dict[str,
     return scope
 
 
+def _changed_scope(limit: Budget | Quota, changes: dict[str, Any]) -> dict[str, Any]:
+    """Pop end_user / model (given as external ids) from changes, resolved to rows."""
+    scope_changes = {key: changes.pop(key) for key in ("end_user", "model") if key in changes}
+    if not scope_changes:
+        return {}
+    current = {
+        "end_user": limit.end_user.external_id if limit.end_user else None,
+        "model": limit.model.model_id if limit.model else None,
+    }
+    return _scope(limit.tenant, **{**current, **scope_changes})
+
+
 def _check_managed_by(instance: Budget | Quota, managed_by: str) -> None:
     if managed_by == ManagedBy.TENANT and instance.managed_by != ManagedBy.TENANT:
         raise OperatorManagedError(
@@ -90,14 +102,7 @@ def budget_update(*, budget: Budget, managed_by: str, **changes: Any) -> Budget:
     """
     _check_managed_by(budget, managed_by)
     field_names = {"limit": "limit_amount"}
-    fields: dict[str, Any] = {}
-    scope_changes = {key: changes.pop(key) for key in ("end_user", "model") if key in changes}
-    if scope_changes:
-        current = {
-            "end_user": budget.end_user.external_id if budget.end_user else None,
-            "model": budget.model.model_id if budget.model else None,
-        }
-        fields.update(_scope(budget.tenant, **{**current, **scope_changes}))
+    fields = _changed_scope(budget, changes)
     for key, value in changes.items():
         fields[field_names.get(key, key)] = value
     if not fields:
@@ -143,16 +148,12 @@ def quota_create(
 
 def quota_update(*, quota: Quota, managed_by: str, **changes: Any) -> Quota:
     _check_managed_by(quota, managed_by)
-    scope_changes = {key: changes.pop(key) for key in ("end_user", "model") if key in changes}
-    if scope_changes:
-        current = {
-            "end_user": quota.end_user.external_id if quota.end_user else None,
-            "model": quota.model.model_id if quota.model else None,
-        }
-        changes.update(_scope(quota.tenant, **{**current, **scope_changes}))
-    for key, value in changes.items():
+    fields = {**_changed_scope(quota, changes), **changes}
+    if not fields:
+        return quota
+    for key, value in fields.items():
         setattr(quota, key, value)
-    quota.save()
+    quota.save(update_fields=[*fields, "updated_at"])
     return quota
 
 

@@ -57,23 +57,23 @@ class CallScope:
     time_zone: str = "UTC"
 
 
-def budgets_for_call(scope: CallScope) -> QuerySet[Budget]:
-    budgets = Budget.objects.filter(tenant_id=scope.tenant_id)
-    budgets = budgets.filter(Q(end_user__isnull=True) | Q(end_user_id=scope.end_user_id))
-    budgets = budgets.filter(Q(model__isnull=True) | Q(model_id=scope.model_id))
+def _applying_to_call(limits: QuerySet, scope: CallScope) -> QuerySet:
+    """Tenant-wide, or for this end user, or for this model: all that apply to the call."""
+    limits = limits.filter(tenant_id=scope.tenant_id)
+    limits = limits.filter(Q(end_user__isnull=True) | Q(end_user_id=scope.end_user_id))
+    limits = limits.filter(Q(model__isnull=True) | Q(model_id=scope.model_id))
     if scope.end_user_id is None:
-        # "Each end user" budgets have no bucket for calls without an end user.
-        budgets = budgets.filter(per_end_user=False)
-    return budgets
+        # "Each end user" limits have no bucket for calls without an end user.
+        limits = limits.filter(per_end_user=False)
+    return limits
+
+
+def budgets_for_call(scope: CallScope) -> QuerySet[Budget]:
+    return _applying_to_call(Budget.objects.all(), scope)
 
 
 def quotas_for_call(scope: CallScope) -> QuerySet[Quota]:
-    quotas = Quota.objects.filter(tenant_id=scope.tenant_id)
-    quotas = quotas.filter(Q(end_user__isnull=True) | Q(end_user_id=scope.end_user_id))
-    quotas = quotas.filter(Q(model__isnull=True) | Q(model_id=scope.model_id))
-    if scope.end_user_id is None:
-        quotas = quotas.filter(per_end_user=False)
-    return quotas
+    return _applying_to_call(Quota.objects.all(), scope)
 
 
 def _usage_filter(budget: Budget, end_user_id: Any) -> Q:
