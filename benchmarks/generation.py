@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -97,6 +98,8 @@ class AnswerTiming:
     """None for a completed answer; otherwise what went wrong, for the report."""
     resets: int = 0
     generation_tokens: int | None = None
+    accepted_at: float | None = None
+    """When the POST of the turn answered 202 (None if it did not)."""
 
 
 @dataclass(frozen=True)
@@ -157,14 +160,19 @@ def percentile(values: Sequence[float], percent: int) -> float | None:
 # ---------------------------------------------------------------------------------------
 
 
-def _serve_local_bedrock(connection: Connection, answer_tokens: int | None) -> None:
+def _serve_local_bedrock(
+    connection: Connection,
+    answer_tokens: int | None,
+    time_to_first_token_seconds: float = 0.0,
+    seconds_per_token: float = 0.0,
+) -> None:
     """Child process: serve until told to stop, reporting stream starts when asked."""
     # Ctrl-C reaches the whole process group; the benchmark stops this process itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     server = LocalBedrockServer(
         seed=BEDROCK_SEED,
-        time_to_first_token_seconds=0.0,
-        seconds_per_token=0.0,
+        time_to_first_token_seconds=time_to_first_token_seconds,
+        seconds_per_token=seconds_per_token,
         answer_tokens=answer_tokens,
     ).start()
     try:
@@ -186,13 +194,21 @@ def _serve_local_bedrock(connection: Connection, answer_tokens: int | None) -> N
 
 
 class LocalBedrockProcess:
-    def __init__(self, *, answer_tokens: int | None) -> None:
+    """The local Bedrock server in a process of its own; zero latency unless given."""
+
+    def __init__(
+        self,
+        *,
+        answer_tokens: int | None,
+        time_to_first_token_seconds: float = 0.0,
+        seconds_per_token: float = 0.0,
+    ) -> None:
         # spawn, not fork: a clean interpreter, whatever this process holds at the time.
         context = multiprocessing.get_context("spawn")
         self._connection, child_end = context.Pipe()
         self._process = context.Process(
             target=_serve_local_bedrock,
-            args=(child_end, answer_tokens),
+            args=(child_end, answer_tokens, time_to_first_token_seconds, seconds_per_token),
             name="local-bedrock",
             daemon=True,
         )
@@ -444,11 +460,22 @@ def backend_environment(database_url: str, redis_url: str, bedrock_url: str) -> 
 
 
 def start_backend(
-    stack: contextlib.ExitStack, arguments: argparse.Namespace, directory: Path
+    stack: contextlib.ExitStack,
+    arguments: argparse.Namespace,
+    directory: Path,
+    *,
+    time_to_first_token_seconds: float = 0.0,
+    seconds_per_token: float = 0.0,
 ) -> Backend:
+    """Database, Redis, the local Bedrock server, a tenant with a key and the web server;
+    each stopped by `stack`. Uses arguments.database_url, redis_url and answer_tokens."""
     database_url = stack.enter_context(database(arguments.database_url, directory))
     redis_url, redis_pid = stack.enter_context(redis_server(arguments.redis_url, directory))
-    bedrock = LocalBedrockProcess(answer_tokens=arguments.answer_tokens).start()
+    bedrock = LocalBedrockProcess(
+        answer_tokens=arguments.answer_tokens,
+        time_to_first_token_seconds=time_to_first_token_seconds,
+        seconds_per_token=seconds_per_token,
+    ).start()
     stack.callback(bedrock.stop)
     environment = backend_environment(database_url, redis_url, bedrock.url)
     manage(environment, "migrate", "--noinput")
@@ -493,12 +520,18 @@ def _is_ready(base_url: str) -> bool:
 
 
 @contextlib.contextmanager
-def celery_worker(backend: Backend, concurrency: int) -> Iterator[ManagedProcess]:
-    """ONE worker process with `concurrency` prefork children, as the run command starts."""
+def celery_worker(
+    backend: Backend, concurrency: int, *, pool: str = "prefork"
+) -> Iterator[ManagedProcess]:
+    """ONE worker process with `concurrency` prefork children (as the run command starts),
+    or `concurrency` threads with pool="threads"."""
+    name = (
+        f"worker-concurrency-{concurrency}" if pool == "prefork" else f"worker-{pool}-{concurrency}"
+    )
     worker = start_process(
-        f"worker-concurrency-{concurrency}",
+        name,
         [sys.executable, "-m", "celery", "-A", "config", "worker", "--loglevel=INFO",
-         f"--concurrency={concurrency}", "--pool=prefork", "--without-gossip",
+         f"--concurrency={concurrency}", f"--pool={pool}", "--without-gossip",
          "--without-mingle", f"--hostname=bench-{uuid.uuid4().hex[:8]}@%h"],
         backend.environment,
         backend.log_directory,
@@ -577,7 +610,9 @@ class Client:
             return failed(f"POST message: {type(error).__name__}: {error}")
         if response.status_code != 202:
             return failed(f"POST message answered {response.status_code}: {response.text[:300]}")
-        return self._follow(response.json()["stream_url"], marker, posted_at)
+        accepted_at = time.time()
+        timing = self._follow(response.json()["stream_url"], marker, posted_at)
+        return dataclasses.replace(timing, accepted_at=accepted_at)
 
     def _follow(self, stream_url: str, marker: str, posted_at: float) -> AnswerTiming:
         first_delta_at: float | None = None

@@ -218,7 +218,8 @@ def run() -> int:
             Child(
                 "celery worker",
                 [python, "-m", "celery", "-A", "config", "worker", "--loglevel=INFO",
-                 "--concurrency=2", "--without-gossip", "--without-mingle", "--beat",
+                 "--pool=threads", "--concurrency=16", "--without-gossip",
+                 "--without-mingle", "--beat",
                  "--schedule", str(base_dir / "var" / "celerybeat-schedule")],
                 environment,
             )
