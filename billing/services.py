@@ -76,15 +76,15 @@ def quotas_for_call(scope: CallScope) -> QuerySet[Quota]:
     return _applying_to_call(Quota.objects.all(), scope)
 
 
-def _usage_filter(budget: Budget, end_user_id: Any) -> Q:
-    """The ledger rows (and reservations) a budget counts, for a call by end_user_id."""
-    condition = Q(tenant_id=budget.tenant_id)
-    if budget.end_user_id is not None:
-        condition &= Q(end_user_id=budget.end_user_id)
-    elif budget.per_end_user:
+def _usage_filter(limit: Budget | Quota, end_user_id: Any) -> Q:
+    """The ledger rows (and reservations) a budget or quota counts, for a call by end_user_id."""
+    condition = Q(tenant_id=limit.tenant_id)
+    if limit.end_user_id is not None:
+        condition &= Q(end_user_id=limit.end_user_id)
+    elif limit.per_end_user:
         condition &= Q(end_user_id=end_user_id)
-    if budget.model_id is not None:
-        condition &= Q(model_id=budget.model_id)
+    if limit.model_id is not None:
+        condition &= Q(model_id=limit.model_id)
     return condition
 
 
@@ -166,22 +166,13 @@ def _refuse_over_budget(state: BudgetState, amount: Decimal) -> None:
     )
 
 
-def _concurrency_filter(quota: Quota, end_user_id: Any) -> Q:
-    condition = Q(tenant_id=quota.tenant_id, status=ReservationStatus.OPEN)
-    if quota.end_user_id is not None:
-        condition &= Q(end_user_id=quota.end_user_id)
-    elif quota.per_end_user:
-        condition &= Q(end_user_id=end_user_id)
-    if quota.model_id is not None:
-        condition &= Q(model_id=quota.model_id)
-    return condition
-
-
 def _refuse_over_concurrency(quotas: list[Quota], end_user_id: Any) -> None:
     for quota in quotas:
         if quota.max_concurrent is None:
             continue
-        open_reservations = Reservation.objects.filter(_concurrency_filter(quota, end_user_id))
+        open_reservations = Reservation.objects.filter(
+            _usage_filter(quota, end_user_id), status=ReservationStatus.OPEN
+        )
         in_progress = open_reservations.aggregate(count=Count("pk"))["count"]
         if in_progress >= quota.max_concurrent:
             raise QuotaExceededError(

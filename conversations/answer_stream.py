@@ -9,14 +9,18 @@ The stream is capped and expires: the stored message is the record, this is the 
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 from django.conf import settings
 
 from config.redis_client import get_redis
+
+logger = logging.getLogger(__name__)
 
 DELTA = "delta"
 RESET = "reset"
@@ -36,10 +40,11 @@ def stream_key(message_id: uuid.UUID | str) -> str:
     return f"answer:{message_id}"
 
 
-def publish(message_id: uuid.UUID | str, event_type: str, **data: Any) -> None:
+def publish(message_id: uuid.UUID | str, event_type: str, **data: Any) -> bool:
+    """Append an event; False when Redis is away. Best effort by design: the stored message
+    is the record, readers that miss events read the final state from the database."""
     key = stream_key(message_id)
-    client = get_redis()
-    pipeline = client.pipeline(transaction=False)
+    pipeline = get_redis().pipeline(transaction=False)
     pipeline.xadd(
         key,
         {"type": event_type, "data": json.dumps(data, default=str)},
@@ -47,7 +52,12 @@ def publish(message_id: uuid.UUID | str, event_type: str, **data: Any) -> None:
         approximate=True,
     )
     pipeline.expire(key, settings.ANSWER_STREAM_TTL_SECONDS)
-    pipeline.execute()
+    try:
+        pipeline.execute()
+    except redis.RedisError as error:
+        logger.warning("Answer stream %s unavailable: %s", message_id, error)
+        return False
+    return True
 
 
 def decode_entry(entry_id: bytes | str, fields: dict[bytes, bytes]) -> StreamEntry:

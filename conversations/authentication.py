@@ -13,6 +13,14 @@ from conversations.services import api_key_authenticate
 BEARER = "bearer"
 
 
+def bearer_key(header: str) -> str | None:
+    """The key of an `Authorization: Bearer <key>` header; None for any other shape."""
+    scheme, _, raw_key = header.partition(" ")
+    if scheme.lower() != BEARER or not raw_key.strip():
+        return None
+    return raw_key.strip()
+
+
 @dataclass(frozen=True)
 class TenantPrincipal:
     """Stands in for request.user: the tenant and the key that made this request."""
@@ -27,12 +35,12 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         header = authentication.get_authorization_header(request).decode("latin-1")
         if not header:
             return None
-        scheme, _, raw_key = header.partition(" ")
-        if scheme.lower() != BEARER or not raw_key.strip():
+        raw_key = bearer_key(header)
+        if raw_key is None:
             raise exceptions.AuthenticationFailed(
                 "Send the API key as 'Authorization: Bearer <key>'."
             )
-        api_key = api_key_authenticate(raw_key=raw_key.strip())
+        api_key = api_key_authenticate(raw_key=raw_key)
         if api_key is None:
             # One message for unknown, wrong, revoked and inactive: no hint for a guesser.
             raise exceptions.AuthenticationFailed("Invalid, revoked or inactive API key.")

@@ -215,13 +215,15 @@ class ConversationContextApi(ConversationScopedView):
         return Response(context_describe(context, include_prompt=True, dropped_ids=dropped_ids))
 
 
-class MessageCancelApi(TenantScopedGenericAPIView):
+class MessageScopedView(TenantScopedGenericAPIView):
     serializer_class = MessageOutputSerializer
     lookup_url_kwarg = "message_id"
 
     def safely_get_queryset(self, tenant: Tenant) -> QuerySet[Message]:
         return message_list(tenant=tenant)
 
+
+class MessageCancelApi(MessageScopedView):
     @extend_schema(
         operation_id="messages_cancel",
         request=None,
@@ -241,13 +243,7 @@ class MessageCancelApi(TenantScopedGenericAPIView):
         )
 
 
-class MessageDetailApi(TenantScopedGenericAPIView):
-    serializer_class = MessageOutputSerializer
-    lookup_url_kwarg = "message_id"
-
-    def safely_get_queryset(self, tenant: Tenant) -> QuerySet[Message]:
-        return message_list(tenant=tenant)
-
+class MessageDetailApi(MessageScopedView):
     @extend_schema(
         operation_id="messages_retrieve",
         parameters=[OpenApiParameter("message_id", str, OpenApiParameter.PATH)],

@@ -27,52 +27,43 @@ EXPIRED_CODE = "expired"
 BATCH_SIZE = 500
 
 
-def _queued_answer_expire(message_id: uuid.UUID, age_seconds: int) -> bool:
+def _unfinished_answer_expire(still_stale: Q, message_id: uuid.UUID, why: str) -> bool:
     with transaction.atomic():
         # Lock the answer first (the lock order of billing.services). A worker claiming it
         # meanwhile waits, then finds it failed and skips; without the lock, a claim landing
         # between our read and generation_fail's update would fail an answer that is being
         # generated, and its Bedrock call would never be charged.
-        still_queued = (
+        locked = (
             Message.objects.select_for_update()
-            .filter(pk=message_id, status=MessageStatus.QUEUED)
+            .filter(still_stale, pk=message_id)
             .values_list("pk", flat=True)
             .first()
         )
-        if still_queued is None:
+        if locked is None:
             return False
         return generation_fail(
             message_id=message_id,
             code=EXPIRED_CODE,
             release_reason=EXPIRED_CODE,
-            message=(
-                f"The answer waited more than {age_seconds} s for a worker and was given up; "
-                "send the message again."
-            ),
+            message=f"{why}; send the message again.",
         )
+
+
+def _queued_answer_expire(message_id: uuid.UUID, age_seconds: int) -> bool:
+    return _unfinished_answer_expire(
+        Q(status=MessageStatus.QUEUED),
+        message_id,
+        f"The answer waited more than {age_seconds} s for a worker and was given up",
+    )
 
 
 def _running_answer_expire(message_id: uuid.UUID, age_seconds: int, cutoff: datetime) -> bool:
-    with transaction.atomic():
-        # Same lock as above: a redelivered task claiming it now (which would move
-        # updated_at) waits, then finds the answer failed and skips.
-        still_stale = (
-            Message.objects.select_for_update()
-            .filter(pk=message_id, status=MessageStatus.RUNNING, updated_at__lt=cutoff)
-            .values_list("pk", flat=True)
-            .first()
-        )
-        if still_stale is None:
-            return False
-        return generation_fail(
-            message_id=message_id,
-            code=EXPIRED_CODE,
-            release_reason=EXPIRED_CODE,
-            message=(
-                f"The answer's generation stopped more than {age_seconds} s ago and its task "
-                "was lost; send the message again."
-            ),
-        )
+    # updated_at moves with every claim: a redelivered task that claimed it meanwhile wins.
+    return _unfinished_answer_expire(
+        Q(status=MessageStatus.RUNNING, updated_at__lt=cutoff),
+        message_id,
+        f"The answer's generation stopped more than {age_seconds} s ago and its task was lost",
+    )
 
 
 def _final_answer_release(message_id: uuid.UUID) -> bool:

@@ -22,6 +22,7 @@ from django.views.decorators.http import require_GET
 
 from config.errors import error_body
 from conversations import answer_stream
+from conversations.authentication import bearer_key
 from conversations.chat_serializers import MessageOutputSerializer
 from conversations.models import Message, MessageRole, MessageStatus, Tenant
 from conversations.services import api_key_authenticate
@@ -44,8 +45,8 @@ def _tenant_for(request: HttpRequest) -> Tenant | JsonResponse:
     header = request.headers.get("Authorization", "")
     if not header:
         return _error(401, "not_authenticated", "Authentication credentials were not provided.")
-    scheme, _, raw_key = header.partition(" ")
-    api_key = api_key_authenticate(raw_key=raw_key.strip()) if scheme.lower() == "bearer" else None
+    raw_key = bearer_key(header)
+    api_key = api_key_authenticate(raw_key=raw_key) if raw_key else None
     if api_key is None:
         return _error(401, "authentication_failed", "Invalid, revoked or inactive API key.")
     return api_key.tenant
@@ -64,6 +65,11 @@ async def _final_event(message_id: uuid.UUID, entry_id: str | None) -> str:
     return _event(event_type, {"message": data}, entry_id)
 
 
+async def _is_final(message_id: uuid.UUID) -> bool:
+    status = await Message.objects.filter(pk=message_id).values_list("status", flat=True).afirst()
+    return status in FINAL_STATUSES
+
+
 async def _answer_events(message_id: uuid.UUID, after: str) -> AsyncIterator[str]:
     client = redis_async.Redis.from_url(
         settings.REDIS_URL,
@@ -73,27 +79,16 @@ async def _answer_events(message_id: uuid.UUID, after: str) -> AsyncIterator[str
     quiet_seconds = 0.0
     try:
         yield "retry: 1000\n\n"
-        if not await client.exists(key):
-            # Finished long ago (the stream expired) or not started: the row knows which.
-            status = (
-                await Message.objects.filter(pk=message_id)
-                .values_list("status", flat=True)
-                .afirst()
-            )
-            if status in FINAL_STATUSES:
-                yield await _final_event(message_id, None)
-                return
+        # No stream: finished long ago (it expired) or not started; the row knows which.
+        if not await client.exists(key) and await _is_final(message_id):
+            yield await _final_event(message_id, None)
+            return
         while True:
             response = await client.xread(
                 {key: after}, block=int(QUIET_CHECK_SECONDS * 1000), count=500
             )
             if not response:
-                status = (
-                    await Message.objects.filter(pk=message_id)
-                    .values_list("status", flat=True)
-                    .afirst()
-                )
-                if status in FINAL_STATUSES:
+                if await _is_final(message_id):
                     yield await _final_event(message_id, None)
                     return
                 quiet_seconds += QUIET_CHECK_SECONDS

@@ -13,7 +13,6 @@ import time
 import uuid
 from dataclasses import dataclass
 
-import redis
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F
@@ -125,10 +124,7 @@ class _Wire:
         self.broken_until: float | None = None
 
     def publish(self, event_type: str, **data: object) -> bool:
-        try:
-            answer_stream.publish(self.message_id, event_type, **data)
-        except redis.RedisError as error:
-            logger.warning("Answer stream %s unavailable: %s", self.message_id, error)
+        if not answer_stream.publish(self.message_id, event_type, **data):
             self.broken_until = time.monotonic() + STREAM_RETRY_SECONDS
             return False
         return True
@@ -144,9 +140,7 @@ class _Wire:
 
 def _publish_final(message: Message) -> None:
     event = answer_stream.ERROR if message.status == MessageStatus.FAILED else answer_stream.DONE
-    _Wire(message.pk, message.attempt_count).publish(
-        event, status=message.status, attempt=message.attempt_count
-    )
+    answer_stream.publish(message.pk, event, status=message.status, attempt=message.attempt_count)
 
 
 def _cancel_requested(message_id: uuid.UUID) -> bool:
