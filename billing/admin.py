@@ -499,7 +499,7 @@ class ReservationAdmin(ReadOnlyAdmin):
     ]  # fmt: skip
     list_filter = ["status", "tenant", "model"]
     date_hierarchy = "created_at"
-    search_fields = ["=message__id"]
+    search_fields = ["=message_id", "=conversation_id"]
     list_select_related = ["tenant", "model", "end_user"]
     show_full_result_count = False
 
@@ -523,5 +523,7 @@ class AlertAdmin(ReadOnlyAdmin):
 
     @admin.display(description="budget")
     def budget_link(self, alert: Alert) -> str:
+        if alert.budget_id is None:  # an operator alert (overrun): no budget behind it
+            return "—"
         url = reverse("admin:billing_budget_change", args=[alert.budget_id])
         return format_html('<a href="{}">{}</a>', url, alert.budget)

@@ -165,15 +165,28 @@ class Reservation(models.Model):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     tenant = models.ForeignKey(
-        "conversations.Tenant", on_delete=models.CASCADE, related_name="reservations"
+        "conversations.Tenant", on_delete=models.PROTECT, related_name="reservations"
     )
     end_user = models.ForeignKey(
         "conversations.EndUser", null=True, blank=True, on_delete=models.SET_NULL
     )
     model = models.ForeignKey("models_catalog.FoundationModel", on_delete=models.PROTECT)
+    # Money outlives messages: no cascade and no database constraint, so deleting a
+    # conversation can never take an open reservation (and its charge) with it.
     message = models.OneToOneField(
-        "conversations.Message", on_delete=models.CASCADE, related_name="reservation"
+        "conversations.Message",
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        related_name="reservation",
     )
+    conversation_id = models.UUIDField(null=True, blank=True)
+    # The frozen call: exactly what the worker sends to Bedrock, on every attempt. Decided
+    # and priced in the transaction that stores the turn; later edits never reach it. The
+    # prompt is cleared when the reservation closes (the answer is then final).
+    bedrock_model_id = models.CharField(max_length=120, blank=True)
+    prompt = models.TextField(blank=True)
+    temperature = models.DecimalField(max_digits=3, decimal_places=2, null=True, blank=True)
+    top_p = models.DecimalField(max_digits=3, decimal_places=2, null=True, blank=True)
     prompt_tokens = models.PositiveIntegerField()
     max_gen_len = models.PositiveIntegerField()
     input_price_per_million = money_field()
@@ -240,6 +253,12 @@ class UsageRecord(models.Model):
 class AlertKind(models.TextChoices):
     SOFT_THRESHOLD = "soft_threshold", "Soft threshold crossed"
     LIMIT_REACHED = "limit_reached", "Limit reached"
+    # For operators: Bedrock reported more tokens than the reservation held. The tenant paid
+    # the reservation; the provider ledger has what Bedrock billed.
+    OVERRUN = "overrun", "Provider overrun"
+
+
+OPERATOR_ALERT_KINDS = (AlertKind.OVERRUN,)
 
 
 class Alert(models.Model):
@@ -247,7 +266,9 @@ class Alert(models.Model):
     tenant = models.ForeignKey(
         "conversations.Tenant", on_delete=models.CASCADE, related_name="alerts"
     )
-    budget = models.ForeignKey(Budget, on_delete=models.CASCADE, related_name="alerts")
+    budget = models.ForeignKey(
+        Budget, null=True, blank=True, on_delete=models.CASCADE, related_name="alerts"
+    )
     end_user = models.ForeignKey(
         "conversations.EndUser", null=True, blank=True, on_delete=models.SET_NULL
     )
@@ -258,6 +279,7 @@ class Alert(models.Model):
     period_start = models.DateTimeField()
     spent_amount = money_field()
     limit_amount = money_field()
+    details = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     webhook_delivered_at = models.DateTimeField(null=True, blank=True)
     webhook_attempts = models.PositiveIntegerField(default=0)
@@ -275,3 +297,56 @@ class Alert(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} · {self.budget}"
+
+
+class AttemptOutcome(models.TextChoices):
+    COMPLETED = "completed", "Completed"
+    CANCELLED = "cancelled", "Cancelled"
+    FAILED = "failed", "Failed (retried or final)"
+    LOST = "lost", "Lost with its worker"
+
+
+class ProviderAttempt(models.Model):
+    """The provider ledger: one row per Bedrock call attempt, at what Bedrock bills us.
+
+    Apart from tenant charges (UsageRecord): retries, failures, lost attempts and overruns
+    cost us money the tenant is not charged, and operators see that difference here.
+    Append-only; at most one row per attempt of an answer (a database constraint).
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey(
+        "conversations.Tenant", on_delete=models.PROTECT, related_name="provider_attempts"
+    )
+    conversation_id = models.UUIDField(null=True, blank=True)
+    message_id = models.UUIDField()
+    attempt = models.PositiveIntegerField()
+    model = models.ForeignKey("models_catalog.FoundationModel", on_delete=models.PROTECT)
+    outcome = models.CharField(max_length=16, choices=AttemptOutcome.choices)
+    error_code = models.CharField(max_length=64, blank=True)
+    input_tokens = models.PositiveIntegerField()
+    output_tokens = models.PositiveIntegerField()
+    counts_reported = models.BooleanField(
+        default=True,
+        help_text="False when Bedrock's counts were never seen (a lost attempt): the counts "
+        "are then the reservation's worst case, the most Bedrock can have billed.",
+    )
+    input_price_per_million = money_field()
+    output_price_per_million = money_field()
+    cost = money_field()
+    currency = models.CharField(max_length=3, default="USD")
+    created_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["message_id", "attempt"], name="one_provider_row_per_attempt"
+            )
+        ]
+        indexes = [
+            models.Index(fields=["tenant", "created_at"], name="provider_tenant_recent"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.cost} USD · {self.message_id} attempt {self.attempt}"

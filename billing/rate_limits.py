@@ -8,11 +8,18 @@ minute"); the price is that a burst can straddle a boundary (up to 2N in 60 s). 
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import redis
 
 from config.redis_client import get_redis
+
+logger = logging.getLogger(__name__)
 
 MINUTE = 60
 DAY = 86_400
@@ -69,8 +76,42 @@ def window_key(quota_id: str, scope: str, kind: str, at: float, window_seconds: 
     return f"quota:{quota_id}:{scope}:{kind}:{int(at // window_seconds)}"
 
 
-def check_and_count(charges: list[RateCharge], now: float | None = None) -> RateCharge | None:
-    """Count all charges if all fit; otherwise count none and return the first that does not."""
+@dataclass
+class CountedCharges:
+    """What one transaction has counted in Redis, to give back if it does not commit."""
+
+    charges: list[RateCharge] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def given_back_unless_committed() -> Iterator[CountedCharges]:
+    """Wrap the transaction that counts: if it raises (a refusal after counting, a failed
+    commit), everything counted inside is given back, because Redis is not part of the
+    database's rollback. Wrap the outermost transaction, outside `transaction.atomic()`,
+    so a failed commit is covered too."""
+    counted = CountedCharges()
+    try:
+        yield counted
+    except BaseException:
+        if counted.charges:
+            try:
+                refund([(charge.key, charge.amount) for charge in counted.charges])
+            except redis.RedisError as error:
+                # The original failure matters more; the counters expire with their window.
+                logger.warning("Could not give back rate counters: %s", error)
+        raise
+
+
+def check_and_count(
+    charges: list[RateCharge],
+    now: float | None = None,
+    *,
+    counted: CountedCharges | None = None,
+) -> RateCharge | None:
+    """Count all charges if all fit; otherwise count none and return the first that does not.
+
+    With `counted`, what was counted is noted there (see `given_back_unless_committed`).
+    """
     if not charges:
         return None
     arguments: list[int] = []
@@ -78,7 +119,11 @@ def check_and_count(charges: list[RateCharge], now: float | None = None) -> Rate
         arguments += [charge.amount, charge.limit, charge.window_seconds * 2]
     client = get_redis()
     result = client.eval(_CHECK_AND_COUNT, len(charges), *[c.key for c in charges], *arguments)
-    return None if int(result) == 0 else charges[int(result) - 1]
+    if int(result) != 0:
+        return charges[int(result) - 1]
+    if counted is not None:
+        counted.charges.extend(charges)
+    return None
 
 
 def refund(keys_and_amounts: list[tuple[str, int]]) -> None:

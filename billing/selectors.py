@@ -8,7 +8,7 @@ from typing import Any
 from django.db.models import Count, QuerySet, Sum
 from django.db.models.functions import TruncDay
 
-from billing.models import Alert, Budget, Quota, UsageRecord
+from billing.models import OPERATOR_ALERT_KINDS, Alert, Budget, Quota, UsageRecord
 
 GROUPINGS = {
     "day": "day",
@@ -27,7 +27,12 @@ def quota_list(*, tenant: Any) -> QuerySet[Quota]:
 
 
 def alert_list(*, tenant: Any) -> QuerySet[Alert]:
-    return Alert.objects.filter(tenant=tenant).select_related("budget", "end_user")
+    """The tenant's budget alerts (operator-only kinds, such as overruns, are not theirs)."""
+    return (
+        Alert.objects.filter(tenant=tenant)
+        .exclude(kind__in=OPERATOR_ALERT_KINDS)
+        .select_related("budget", "end_user")
+    )
 
 
 def usage_record_list(

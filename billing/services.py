@@ -23,7 +23,9 @@ from billing import rate_limits
 from billing.models import (
     Alert,
     AlertKind,
+    AttemptOutcome,
     Budget,
+    ProviderAttempt,
     Quota,
     Reservation,
     ReservationStatus,
@@ -212,23 +214,38 @@ def _rate_charges(
     return charges
 
 
+@dataclass(frozen=True)
+class FrozenCall:
+    """Exactly what Bedrock will receive for one answer, decided when it is reserved."""
+
+    bedrock_model_id: str
+    prompt: str
+    prompt_tokens: int
+    max_gen_len: int
+    temperature: Decimal
+    top_p: Decimal
+
+
 def reservation_create(
     *,
     scope: CallScope,
     message_id: Any,
+    conversation_id: Any,
     model: Any,
-    prompt_tokens: int,
-    max_gen_len: int,
+    call: FrozenCall,
+    counted: rate_limits.CountedCharges | None = None,
 ) -> Reservation:
-    """Hold the worst-case cost of one answer, or refuse (402 budget, 429 quota).
+    """Hold the worst-case cost of one answer and freeze its call, or refuse (402, 429).
 
-    Must run inside the transaction that creates the answer, so a refusal stores nothing.
+    Must run inside the transaction that creates the answer, so a refusal stores nothing;
+    pass `counted` from `rate_limits.given_back_unless_committed` around that transaction
+    so rate counters taken here are given back if it does not commit.
     """
     now = timezone.now()
     price = price_in_force(model=model, at=now)
     amount = token_cost(
-        input_tokens=prompt_tokens,
-        output_tokens=max_gen_len,
+        input_tokens=call.prompt_tokens,
+        output_tokens=call.max_gen_len,
         input_price=price.input_price_per_million,
         output_price=price.output_price_per_million,
     )
@@ -242,10 +259,10 @@ def reservation_create(
             _refuse_over_budget(state, amount)
     _refuse_over_concurrency(quotas, scope.end_user_id)
 
-    worst_case_tokens = prompt_tokens + max_gen_len
+    worst_case_tokens = call.prompt_tokens + call.max_gen_len
     clock = rate_limits.now_seconds()
     charges = _rate_charges(quotas, scope.end_user_id, worst_case_tokens, clock)
-    refused = rate_limits.check_and_count(charges, clock)
+    refused = rate_limits.check_and_count(charges, clock, counted=counted)
     if refused is not None:
         retry_after = refused.retry_after_seconds(clock)
         raise QuotaExceededError(
@@ -261,12 +278,34 @@ def reservation_create(
         end_user_id=scope.end_user_id,
         model=model,
         message_id=message_id,
-        prompt_tokens=prompt_tokens,
-        max_gen_len=max_gen_len,
+        conversation_id=conversation_id,
+        bedrock_model_id=call.bedrock_model_id,
+        prompt=call.prompt,
+        temperature=call.temperature,
+        top_p=call.top_p,
+        prompt_tokens=call.prompt_tokens,
+        max_gen_len=call.max_gen_len,
         input_price_per_million=price.input_price_per_million,
         output_price_per_million=price.output_price_per_million,
         amount=amount,
         rate_token_counters=token_counters,
+    )
+
+
+def frozen_call_get(*, message_id: Any) -> FrozenCall | None:
+    """The call an open reservation froze; None when the reservation is closed or missing."""
+    reservation = Reservation.objects.filter(
+        message_id=message_id, status=ReservationStatus.OPEN
+    ).first()
+    if reservation is None:
+        return None
+    return FrozenCall(
+        bedrock_model_id=reservation.bedrock_model_id,
+        prompt=reservation.prompt,
+        prompt_tokens=reservation.prompt_tokens,
+        max_gen_len=reservation.max_gen_len,
+        temperature=reservation.temperature,
+        top_p=reservation.top_p,
     )
 
 
@@ -331,6 +370,11 @@ def reservation_settle(
     if reservation is None or reservation.status != ReservationStatus.OPEN:
         return None
     now = timezone.now()
+    reported_input, reported_output = input_tokens, output_tokens
+    # The reservation is the contract: never charge past what was reserved, whatever the
+    # provider reports. The excess is ours (the provider ledger has it) and an alert.
+    input_tokens = min(reported_input, reservation.prompt_tokens)
+    output_tokens = min(reported_output, reservation.max_gen_len)
     scope = CallScope(
         tenant_id=reservation.tenant_id,
         end_user_id=reservation.end_user_id,
@@ -373,8 +417,10 @@ def reservation_settle(
             budget, state.period_start, state.period_end, state.spent + cost, ZERO
         )
         alerts += _alerts_check(settled_state, scope.end_user_id)
+    if (reported_input, reported_output) != (input_tokens, output_tokens):
+        alerts.append(_overrun_alert(reservation, reported_input, reported_output, cost, now))
     Reservation.objects.filter(pk=reservation.pk).update(
-        status=ReservationStatus.SETTLED, closed_at=now, close_reason=outcome
+        status=ReservationStatus.SETTLED, closed_at=now, close_reason=outcome, prompt=""
     )
     unused = reservation.prompt_tokens + reservation.max_gen_len - input_tokens - output_tokens
     if unused > 0:
@@ -391,9 +437,124 @@ def reservation_release(*, message_id: Any, reason: str) -> bool:
     if reservation is None:
         return False
     released = Reservation.objects.filter(pk=reservation.pk, status=ReservationStatus.OPEN).update(
-        status=ReservationStatus.RELEASED, closed_at=timezone.now(), close_reason=reason
+        status=ReservationStatus.RELEASED, closed_at=timezone.now(), close_reason=reason, prompt=""
     )
     if released:
         refunds = [(key, amount) for key, amount in reservation.rate_token_counters]
         transaction.on_commit(lambda: rate_limits.refund(refunds), robust=True)
     return bool(released)
+
+
+def _overrun_alert(
+    reservation: Reservation,
+    reported_input: int,
+    reported_output: int,
+    charged: Decimal,
+    now: datetime,
+) -> Alert:
+    reported_cost = token_cost(
+        input_tokens=reported_input,
+        output_tokens=reported_output,
+        input_price=reservation.input_price_per_million,
+        output_price=reservation.output_price_per_million,
+    )
+    logger.warning(
+        "Provider overrun on %s: reported %s/%s tokens, reserved %s/%s",
+        reservation.message_id,
+        reported_input,
+        reported_output,
+        reservation.prompt_tokens,
+        reservation.max_gen_len,
+    )
+    return Alert.objects.create(
+        tenant_id=reservation.tenant_id,
+        budget=None,
+        end_user_id=reservation.end_user_id,
+        scope_key=str(reservation.message_id),
+        kind=AlertKind.OVERRUN,
+        period_start=now,
+        spent_amount=reported_cost,
+        limit_amount=charged,
+        details={
+            "message_id": str(reservation.message_id),
+            "reported_input_tokens": reported_input,
+            "reported_output_tokens": reported_output,
+            "reserved_input_tokens": reservation.prompt_tokens,
+            "reserved_output_tokens": reservation.max_gen_len,
+            "reported_cost": str(reported_cost),
+            "charged": str(charged),
+        },
+    )
+
+
+def provider_attempt_record(
+    *,
+    message_id: Any,
+    attempt: int,
+    outcome: AttemptOutcome | str,
+    input_tokens: int,
+    output_tokens: int,
+    counts_reported: bool = True,
+    error_code: str = "",
+) -> ProviderAttempt | None:
+    """Record one Bedrock attempt in the provider ledger, at the price in force now.
+
+    Idempotent per (message, attempt). None when the answer has no reservation (nothing
+    was ever sent for it).
+    """
+    reservation = Reservation.objects.filter(message_id=message_id).first()
+    if reservation is None:
+        return None
+    now = timezone.now()
+    price = price_in_force(model=reservation.model, at=now)
+    attempt_row, _ = ProviderAttempt.objects.get_or_create(
+        message_id=message_id,
+        attempt=attempt,
+        defaults={
+            "tenant_id": reservation.tenant_id,
+            "conversation_id": reservation.conversation_id,
+            "model_id": reservation.model_id,
+            "outcome": outcome,
+            "error_code": error_code[:64],
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "counts_reported": counts_reported,
+            "input_price_per_million": price.input_price_per_million,
+            "output_price_per_million": price.output_price_per_million,
+            "cost": token_cost(
+                input_tokens=input_tokens,
+                output_tokens=output_tokens,
+                input_price=price.input_price_per_million,
+                output_price=price.output_price_per_million,
+            ),
+            "created_at": now,
+        },
+    )
+    return attempt_row
+
+
+def provider_lost_attempts_record(*, message_id: Any, before_attempt: int) -> int:
+    """Record attempts before this one that left no provider row: their worker died (or the
+    task failed in our code) mid-call. Bedrock's counts were never seen, so the worst case
+    the reservation allowed is recorded, flagged as not reported. Returns rows added."""
+    if before_attempt <= 1:
+        return 0
+    reservation = Reservation.objects.filter(message_id=message_id).first()
+    if reservation is None:
+        return 0
+    recorded = set(
+        ProviderAttempt.objects.filter(message_id=message_id).values_list("attempt", flat=True)
+    )
+    added = 0
+    for attempt in range(1, before_attempt):
+        if attempt not in recorded:
+            provider_attempt_record(
+                message_id=message_id,
+                attempt=attempt,
+                outcome=AttemptOutcome.LOST,
+                input_tokens=reservation.prompt_tokens,
+                output_tokens=reservation.max_gen_len,
+                counts_reported=False,
+            )
+            added += 1
+    return added

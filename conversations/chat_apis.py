@@ -122,6 +122,14 @@ class ConversationDetailApi(ConversationScopedView):
     @extend_schema(
         operation_id="conversations_destroy",
         summary="Delete a conversation and all its messages",
+        description="Refused with 409 `generation_in_progress` while an answer is queued or "
+        "running: cancel it first. Usage records are kept.",
+        responses={
+            204: None,
+            409: error_response(
+                "An answer is in flight (`generation_in_progress`); cancel it, then delete."
+            ),
+        },
     )
     def delete(self, request: Request, conversation_id: str) -> Response:
         conversation_delete(conversation=self.get_object())

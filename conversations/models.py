@@ -14,6 +14,11 @@ class Tenant(models.Model):
     time_zone = models.CharField(
         max_length=64, default="UTC", help_text="Where budget days, weeks and months begin."
     )
+    require_end_user = models.BooleanField(
+        default=False,
+        help_text="Every conversation must name an end user, so per-end-user budgets and "
+        "quotas cannot be sidestepped by leaving it out.",
+    )
     webhook_url = models.URLField(blank=True, help_text="Budget alerts are POSTed here.")
     webhook_secret = models.CharField(
         max_length=128, blank=True, help_text="Signs webhook bodies (HMAC-SHA256)."

@@ -59,15 +59,19 @@ def _event(event_type: str, data: dict[str, Any], entry_id: str | None = None) -
 
 
 async def _final_event(message_id: uuid.UUID, entry_id: str | None) -> str:
-    message = await Message.objects.aget(pk=message_id)
+    message = await Message.objects.filter(pk=message_id).afirst()
+    if message is None:  # deleted with its conversation: end the stream, never hang
+        gone = error_body("not_found", "The answer was deleted with its conversation.")
+        return _event("error", gone, entry_id)
     data = await sync_to_async(lambda: dict(MessageOutputSerializer(message).data))()
     event_type = "error" if message.status == MessageStatus.FAILED else "done"
     return _event(event_type, {"message": data}, entry_id)
 
 
 async def _is_final(message_id: uuid.UUID) -> bool:
+    """Final, or gone (a deleted answer never changes again either)."""
     status = await Message.objects.filter(pk=message_id).values_list("status", flat=True).afirst()
-    return status in FINAL_STATUSES
+    return status is None or status in FINAL_STATUSES
 
 
 async def _answer_events(message_id: uuid.UUID, after: str) -> AsyncIterator[str]:

@@ -9,7 +9,8 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from billing.services import CallScope, reservation_create, reservation_release
+from billing import rate_limits
+from billing.services import CallScope, FrozenCall, reservation_create, reservation_release
 from config.errors import ApplicationError, NotFoundError
 from conversations.context import BuiltContext, context_build, message_token_count
 from conversations.models import (
@@ -80,6 +81,21 @@ def generation_parameters_resolve(
     )
 
 
+class EndUserRequiredError(ApplicationError):
+    code = "end_user_required"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, details={"end_user": [message]})
+
+
+def _require_end_user(tenant: Tenant, end_user_present: bool) -> None:
+    if tenant.require_end_user and not end_user_present:
+        raise EndUserRequiredError(
+            "This tenant requires an end user on every conversation (its budgets and quotas "
+            "are per end user); send `end_user`."
+        )
+
+
 def end_user_get_or_create(*, tenant: Tenant, external_id: str) -> EndUser:
     end_user, _ = EndUser.objects.get_or_create(tenant=tenant, external_id=external_id)
     return end_user
@@ -97,6 +113,7 @@ def conversation_create(
     max_gen_len: int | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> Conversation:
+    _require_end_user(tenant, bool(end_user_external_id))
     model = _model_for_new_conversation(model_id)
     _check_max_gen_len(model, max_gen_len)
     bedrock_model_id = resolve_model_id(model_id).invocation_id
@@ -159,7 +176,27 @@ def conversation_update(
 
 
 def conversation_delete(*, conversation: Conversation) -> None:
-    conversation.delete()
+    """Delete a conversation and its messages; refused (409) while an answer is in flight.
+
+    Refusing rather than cancelling keeps DELETE instant and side-effect free when it
+    fails: the client cancels the answer (charged for what streamed), waits for it to end,
+    and deletes. Ledger rows and reservations are never deleted with it.
+    """
+    with transaction.atomic():
+        # The same row lock a new turn takes: no answer can start between check and delete.
+        locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
+        in_flight = (
+            Message.objects.filter(conversation=locked, status__in=IN_PROGRESS)
+            .values_list("pk", flat=True)
+            .first()
+        )
+        if in_flight is not None:
+            raise GenerationInProgressError(
+                "An answer is still being generated in this conversation; cancel it "
+                f"(POST /api/v1/messages/{in_flight}/cancel) and delete once it has stopped.",
+                details={"message_id": str(in_flight)},
+            )
+        locked.delete()
 
 
 class GenerationInProgressError(ApplicationError):
@@ -190,6 +227,7 @@ def user_message_create(
     parameters = generation_parameters_resolve(
         conversation=conversation, temperature=temperature, top_p=top_p, max_gen_len=max_gen_len
     )
+    _require_end_user(conversation.tenant, conversation.end_user_id is not None)
     model = conversation.model
     if not model.is_active:
         raise ApplicationError(
@@ -198,7 +236,7 @@ def user_message_create(
             code="model_inactive",
         )
     token_count = message_token_count(model, content)
-    with transaction.atomic():
+    with rate_limits.given_back_unless_committed() as counted, transaction.atomic():
         # The row lock serialises turns of one conversation: sequence numbers stay gapless
         # and the context is built from the history this turn really follows.
         locked = (
@@ -247,9 +285,17 @@ def user_message_create(
                 time_zone=locked.tenant.time_zone,
             ),
             message_id=answer.pk,
+            conversation_id=locked.pk,
             model=model,
-            prompt_tokens=context.prompt_token_count,
-            max_gen_len=parameters.max_gen_len,
+            call=FrozenCall(
+                bedrock_model_id=locked.bedrock_model_id,
+                prompt=context.prompt,
+                prompt_tokens=context.prompt_token_count,
+                max_gen_len=parameters.max_gen_len,
+                temperature=parameters.temperature,
+                top_p=parameters.top_p,
+            ),
+            counted=counted,
         )
         # robust: with the broker away the turn is still stored and its answer, never
         # started, is failed as expired by the periodic check instead of erroring here.

@@ -18,14 +18,19 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from billing.services import reservation_release, reservation_settle
-from config.errors import ApplicationError
+from billing.models import AttemptOutcome
+from billing.services import (
+    frozen_call_get,
+    provider_attempt_record,
+    provider_lost_attempts_record,
+    reservation_release,
+    reservation_settle,
+)
 from conversations import answer_stream
-from conversations.context import context_build, message_token_count
+from conversations.context import message_token_count
 from conversations.models import Message, MessageStatus
 from models_catalog.bedrock import client as bedrock
 from models_catalog.bedrock.errors import BedrockError
-from models_catalog.services import llama2_token_ratio_observe
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +66,21 @@ def _claim(message_id: uuid.UUID) -> _Claim | None:
     return _Claim(message=message, attempt=message.attempt_count)
 
 
+@dataclass
+class _SeenCounts:
+    """Bedrock's own counts as its chunks report them: the prompt's on the first chunk, the
+    generation's cumulative on each. What a cancelled or failed attempt is charged from."""
+
+    prompt_tokens: int = 0
+    generation_tokens: int = 0
+
+    def see(self, event: bedrock.Delta) -> None:
+        if event.prompt_token_count is not None:
+            self.prompt_tokens = event.prompt_token_count
+        if event.generation_token_count is not None:
+            self.generation_tokens = event.generation_token_count
+
+
 def _finish(
     claim: _Claim,
     *,
@@ -75,8 +95,10 @@ def _finish(
 ) -> bool:
     """Store the final state, if this attempt still owns the answer. True when stored.
 
-    In the same transaction the reservation settles at `charge` (input, output tokens), or
-    is released when there is nothing to charge, so an answer and its money never disagree.
+    In the same transaction the attempt enters the provider ledger at `charge` (Bedrock's
+    input and output tokens), and the reservation settles at them, capped at what was
+    reserved, or is released when there is nothing to charge: an answer and its money
+    never disagree.
     """
     message = claim.message
     conversation = message.conversation
@@ -95,6 +117,15 @@ def _finish(
             completed_at=timezone.now(),
             updated_at=timezone.now(),
         )
+        if charge is not None:
+            # Bedrock billed this attempt whether or not it still owns the answer.
+            provider_attempt_record(
+                message_id=message.pk,
+                attempt=claim.attempt,
+                outcome=AttemptOutcome(str(status)),
+                input_tokens=charge[0],
+                output_tokens=charge[1],
+            )
         if stored and charge is not None:
             reservation_settle(
                 message_id=message.pk,
@@ -148,39 +179,43 @@ def _cancel_requested(message_id: uuid.UUID) -> bool:
 
 
 def generation_run(*, message_id: uuid.UUID) -> Outcome:
-    """Generate one answer. Raises BedrockError for the task to retry or fail."""
+    """Generate one answer by sending the call its reservation froze.
+
+    Raises BedrockError for the task to retry or fail; the failed attempt is in the
+    provider ledger by then, at the counts Bedrock reported before it failed.
+    """
     claim = _claim(message_id)
     if claim is None:
         return Outcome.SKIPPED
     message = claim.message
+    call = frozen_call_get(message_id=message.pk)
+    if call is None:  # its reservation was closed (expired): nothing may be sent
+        generation_fail(
+            message_id=message.pk,
+            code="reservation_closed",
+            message="The answer's reservation was closed before it could be generated",
+        )
+        return Outcome.SKIPPED
+    with transaction.atomic():
+        provider_lost_attempts_record(message_id=message.pk, before_attempt=claim.attempt)
     if message.cancel_requested_at is not None:
         _finish(claim, status=MessageStatus.CANCELLED, content="")
         _publish_final(claim.message)
         return Outcome.CANCELLED
-
-    conversation = message.conversation
-    try:
-        context = context_build(
-            conversation=conversation,
-            max_gen_len=message.max_gen_len,
-            through_sequence=message.sequence - 1,
-        )
-    except ApplicationError as error:  # e.g. the system prompt grew since the turn was sent
-        generation_fail(message_id=message.pk, code=error.code, message=error.message)
-        return Outcome.SKIPPED
 
     wire = _Wire(message.pk, claim.attempt)
     if claim.attempt > 1:
         # Text sent by an earlier attempt is void: clients start the answer again.
         wire.publish(answer_stream.RESET, attempt=claim.attempt)
     parts: list[str] = []
+    seen = _SeenCounts()
     final: bedrock.Final | None = None
     events = bedrock.stream(
-        model_id=conversation.bedrock_model_id,
-        prompt=context.prompt,
-        temperature=float(message.temperature),
-        top_p=float(message.top_p),
-        max_gen_len=message.max_gen_len,
+        model_id=call.bedrock_model_id,
+        prompt=call.prompt,
+        temperature=float(call.temperature),
+        top_p=float(call.top_p),
+        max_gen_len=call.max_gen_len,
     )
     next_cancel_check = time.monotonic() + settings.GENERATION_CANCEL_CHECK_SECONDS
     try:
@@ -188,23 +223,35 @@ def generation_run(*, message_id: uuid.UUID) -> Outcome:
             if isinstance(event, bedrock.Final):
                 final = event
                 continue
+            seen.see(event)
             parts.append(event.text)
             wire.delta(event.text, parts)
             if time.monotonic() >= next_cancel_check:
                 next_cancel_check = time.monotonic() + settings.GENERATION_CANCEL_CHECK_SECONDS
                 if _cancel_requested(message.pk):
                     break
+    except BedrockError as error:
+        with transaction.atomic():
+            provider_attempt_record(
+                message_id=message.pk,
+                attempt=claim.attempt,
+                outcome=AttemptOutcome.FAILED,
+                input_tokens=seen.prompt_tokens,
+                output_tokens=seen.generation_tokens,
+                error_code=error.code,
+            )
+        raise
     finally:
         events.close()  # stop reading from Bedrock at once on cancel or error
 
-    if final is None:  # cancelled mid-answer: keep what was streamed, charge what was used
-        partial = "".join(parts)
-        streamed_tokens = message_token_count(conversation.model, partial) if partial else 0
+    if final is None:  # cancelled mid-answer: keep what was streamed, charge Bedrock's counts
         _finish(
             claim,
             status=MessageStatus.CANCELLED,
-            content=partial,
-            charge=(context.prompt_token_count, streamed_tokens),
+            content="".join(parts),
+            prompt_token_count=seen.prompt_tokens,
+            generation_token_count=seen.generation_tokens,
+            charge=(seen.prompt_tokens, seen.generation_tokens),
         )
         _publish_final(claim.message)
         return Outcome.CANCELLED
@@ -219,11 +266,6 @@ def generation_run(*, message_id: uuid.UUID) -> Outcome:
     ):
         return Outcome.SKIPPED
     _publish_final(claim.message)
-    llama2_token_ratio_observe(
-        model=conversation.model,
-        prompt=context.prompt,
-        reported_prompt_tokens=final.prompt_token_count,
-    )
     return Outcome.COMPLETED
 
 

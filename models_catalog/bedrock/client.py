@@ -50,6 +50,10 @@ class GenerationResult:
 @dataclass(frozen=True)
 class Delta:
     text: str
+    # Bedrock's counts so far, as the chunks report them (the prompt's arrives first, the
+    # generation's is cumulative): what a cancelled or failed call is charged from.
+    prompt_token_count: int | None = None
+    generation_token_count: int | None = None
 
 
 @dataclass(frozen=True)
@@ -247,7 +251,11 @@ def stream(
                 continue
             text = totals.add(chunk)
             if text:
-                yield Delta(text)
+                yield Delta(
+                    text,
+                    prompt_token_count=totals.prompt_token_count,
+                    generation_token_count=totals.generation_token_count,
+                )
         yield totals.final()
     except TRANSPORT_EXCEPTIONS as exception:
         raise to_bedrock_error(exception) from exception

@@ -177,19 +177,19 @@ def test_usage_time_range_and_bad_queries(owner_client, owner_tenant) -> None:
 
 
 def test_ledger_records_and_message_usage(owner_client, owner_tenant) -> None:
-    conversation, turn, settlement = answered_turn(owner_tenant, output_tokens=1234)
+    conversation, turn, settlement = answered_turn(owner_tenant, output_tokens=456)
     records = owner_client.get("/api/v1/usage/records").json()["results"]
     assert len(records) == 1
     record = records[0]
     assert record["message"] == str(turn.answer.pk)
-    assert record["output_tokens"] == 1234
+    assert record["output_tokens"] == 456
     assert record["input_price_per_million"] == "0.2200000000"
     assert Decimal(record["cost"]) == settlement.record.cost
-    # 0.22 USD per 1M tokens, exactly: (input + 1234) * 0.22 / 1,000,000
-    expected = (Decimal(turn.context.prompt_token_count + 1234) * Decimal("0.22")) / 1_000_000
+    # 0.22 USD per 1M tokens, exactly: (input + 456) * 0.22 / 1,000,000
+    expected = (Decimal(turn.context.prompt_token_count + 456) * Decimal("0.22")) / 1_000_000
     assert Decimal(record["cost"]) == expected.quantize(Decimal("1E-10"))
     answer = owner_client.get(f"/api/v1/messages/{turn.answer.pk}").json()
-    assert answer["usage"]["output_tokens"] == 1234
+    assert answer["usage"]["output_tokens"] == 456
     assert Decimal(answer["usage"]["cost"]) == settlement.record.cost
     history = owner_client.get(f"/api/v1/conversations/{conversation.pk}/messages").json()
     assert history["results"][0]["usage"] is None  # the user's turn costs nothing itself

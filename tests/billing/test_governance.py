@@ -176,18 +176,19 @@ def test_token_cost_is_an_exact_decimal_rounded_half_up_once() -> None:
 def test_settlement_stores_exact_decimals_in_the_ledger_and_the_budget(tenant: Tenant) -> None:
     budget = Budget.objects.create(tenant=tenant, period="month", limit_amount=BIG)
     turn = send_turn(tenant, max_gen_len=600)
-    settlement = settle(turn, input_tokens=1234, output_tokens=567)
+    settlement = settle(turn, input_tokens=10, output_tokens=567)
     assert settlement is not None
 
+    # (10 + 567) tokens at 0.22 USD per million.
     record = UsageRecord.objects.get(message_id=turn.answer.pk)
-    assert record.cost == Decimal("0.00039622")
+    assert record.cost == Decimal("0.00012694")
     assert isinstance(record.cost, Decimal)
-    assert (record.input_tokens, record.output_tokens) == (1234, 567)
+    assert (record.input_tokens, record.output_tokens) == (10, 567)
     assert record.input_price_per_million == record.output_price_per_million == PRICE_031
     assert record.currency == "USD"
     budget.refresh_from_db()
-    assert budget.spent_amount == Decimal("0.00039622")
-    assert budget_state(budget).spent == ledger_total(tenant) == Decimal("0.00039622")
+    assert budget.spent_amount == Decimal("0.00012694")
+    assert budget_state(budget).spent == ledger_total(tenant) == Decimal("0.00012694")
 
 
 # -- prices ----------------------------------------------------------------------------------

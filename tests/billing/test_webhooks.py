@@ -356,7 +356,7 @@ def test_an_alert_created_by_settlement_is_sent_after_commit(
             settlement = reservation_settle(
                 message_id=turn.answer.pk,
                 conversation_id=conversation.pk,
-                input_tokens=400,
+                input_tokens=turn.context.prompt_token_count,
                 output_tokens=200,
                 outcome="completed",
             )

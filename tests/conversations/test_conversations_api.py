@@ -6,6 +6,7 @@ import uuid
 
 import pytest
 
+from billing.models import Reservation, ReservationStatus
 from conversations.models import Conversation, EndUser, Message
 from models_catalog.models import FoundationModel
 from tests.conftest import assert_error, stored_message, tiny_model
@@ -97,10 +98,29 @@ def test_update_then_delete_removes_the_messages_too(owner_client, conversation)
     assert patched.status_code == 200
     assert patched.json()["title"] == "New"
     assert Conversation.objects.get(pk=conversation["id"]).system_prompt_token_count == 3
-    send(owner_client, conversation["id"], "Hello")
+    answer = send(owner_client, conversation["id"], "Hello").json()["assistant_message"]
+    assert owner_client.post(f"/api/v1/messages/{answer['id']}/cancel").status_code == 200
     assert owner_client.delete(url).status_code == 204
     assert not Message.objects.filter(conversation_id=conversation["id"]).exists()
     assert_error(owner_client.get(url), 404, "not_found")
+
+
+def test_delete_is_refused_while_an_answer_is_in_flight_and_money_outlives_it(
+    owner_client, conversation
+) -> None:
+    url = f"/api/v1/conversations/{conversation['id']}"
+    answer = send(owner_client, conversation["id"], "Hello").json()["assistant_message"]
+
+    refused = owner_client.delete(url)
+    error = assert_error(refused, 409, "generation_in_progress")
+    assert error["details"] == {"message_id": answer["id"]}
+    assert Message.objects.filter(pk=answer["id"], status="queued").exists()  # nothing changed
+
+    assert owner_client.post(f"/api/v1/messages/{answer['id']}/cancel").status_code == 200
+    assert owner_client.delete(url).status_code == 204
+    reservation = Reservation.objects.get(message_id=answer["id"])  # not cascaded away
+    assert reservation.status == ReservationStatus.RELEASED
+    assert reservation.conversation_id == uuid.UUID(conversation["id"])
 
 
 def test_post_message_stores_the_turn_and_queues_the_answer(owner_client, conversation) -> None:
