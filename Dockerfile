@@ -13,4 +13,6 @@ RUN pip install --no-cache-dir . \
 RUN useradd --create-home app
 USER app
 EXPOSE 8000
-CMD ["python", "-m", "uvicorn", "config.asgi:application", "--host", "0.0.0.0", "--port", "8000"]
+# config.web_server execs uvicorn with forwarding headers trusted only as TRUSTED_PROXY_COUNT
+# and FORWARDED_ALLOW_IPS say (uvicorn alone would believe them from 127.0.0.1).
+CMD ["python", "-m", "config.web_server", "--host", "0.0.0.0", "--port", "8000"]

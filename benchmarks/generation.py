@@ -62,6 +62,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from config.embedded import EmbeddedRedis, free_port  # noqa: E402
+from config.web_server import uvicorn_command  # noqa: E402
 from models_catalog.bedrock.local_server import (  # noqa: E402
     NATURAL_LENGTH_MAX,
     NATURAL_LENGTH_MIN,
@@ -486,10 +487,12 @@ def start_backend(
     port = free_port()
     web = start_process(
         "web",
-        [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1",
-         "--port", str(port), "--no-access-log",
-         # Interrupted clients may leave SSE streams open; do not wait for them at the end.
-         "--timeout-graceful-shutdown", "2"],
+        uvicorn_command(
+            environment,
+            ["--host", "127.0.0.1", "--port", str(port), "--no-access-log",
+             # Interrupted clients may leave SSE streams open; do not wait for them at the end.
+             "--timeout-graceful-shutdown", "2"],
+        ),
         environment,
         directory,
     )  # fmt: skip

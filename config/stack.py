@@ -23,6 +23,7 @@ from types import FrameType
 import django
 
 from config.embedded import die_with_parent
+from config.web_server import uvicorn_command
 
 DEMO_MODEL = "meta.llama3-1-8b-instruct-v1:0"
 JSON_FIELD = "python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])'"
@@ -224,14 +225,11 @@ def run() -> int:
                 environment,
             )
         )  # fmt: skip
+        web_arguments = ["--host", host, "--port", str(port)]
+        web_arguments += ["--no-access-log", "--timeout-graceful-shutdown", "5"]
         children.append(
-            Child(
-                "web server",
-                [python, "-m", "uvicorn", "config.asgi:application", "--host", host,
-                 "--port", str(port), "--no-access-log", "--timeout-graceful-shutdown", "5"],
-                environment,
-            )
-        )  # fmt: skip
+            Child("web server", uvicorn_command(environment, web_arguments), environment)
+        )
         base_url = f"http://{host}:{port}"
         _wait_until_ready(f"{base_url}/readyz", children)
         print(_banner(base_url, api_key, environment), flush=True)
