@@ -16,6 +16,7 @@ from django.core.exceptions import BadRequest, PermissionDenied, SuspiciousOpera
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 
 from config import auth_throttle
+from config.body_limit import TOO_LARGE_CODE, too_large_message
 from config.errors import error_body, json_error_response
 
 logger = logging.getLogger(__name__)
@@ -69,10 +70,10 @@ def _refusal(request: HttpRequest) -> HttpResponse | None:
                 400, "The query string must not contain NUL characters.", "malformed_request"
             )
     if _content_length(request) > settings.DATA_UPLOAD_MAX_MEMORY_SIZE:
+        # Under ASGI, config.body_limit has refused such a body before it was read; this
+        # check is for WSGI and the test client.
         return json_error_response(
-            413,
-            f"The request body must be at most {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes.",
-            code="request_too_large",
+            413, too_large_message(settings.DATA_UPLOAD_MAX_MEMORY_SIZE), code=TOO_LARGE_CODE
         )
     return None
 
