@@ -17,17 +17,20 @@ Business rules live in billing.admin_services; these classes only wire forms to 
 
 from __future__ import annotations
 
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
 from django import forms
 from django.contrib import admin
 from django.contrib.admin.widgets import RelatedFieldWidgetWrapper
+from django.core.exceptions import PermissionDenied
 from django.db import models
 from django.db.models import F, QuerySet
 from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest
-from django.urls import reverse
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
@@ -43,10 +46,12 @@ from billing.models import (
     Budget,
     ManagedBy,
     ModelPrice,
+    ProviderAttempt,
     Quota,
     Reservation,
     UsageRecord,
 )
+from billing.reconciliation import provider_reconciliation
 from billing.services import budget_state
 
 BUDGET_FIELDS = [
@@ -527,3 +532,66 @@ class AlertAdmin(ReadOnlyAdmin):
             return "—"
         url = reverse("admin:billing_budget_change", args=[alert.budget_id])
         return format_html('<a href="{}">{}</a>', url, alert.budget)
+
+
+@admin.register(ProviderAttempt)
+class ProviderAttemptAdmin(ReadOnlyAdmin):
+    """The provider ledger, and its reconciliation with tenant charges."""
+
+    list_display = [
+        "created_at", "tenant", "model", "attempt", "outcome", "error_code", "input_tokens",
+        "output_tokens", "counts_reported", "cost_column", "message_id",
+    ]  # fmt: skip
+    list_filter = ["outcome", "tenant", "model", "counts_reported"]
+    date_hierarchy = "created_at"
+    search_fields = ["=message_id", "=conversation_id"]
+    list_select_related = ["tenant", "model"]
+    show_full_result_count = False
+
+    @admin.display(description="cost (USD)", ordering="cost")
+    def cost_column(self, attempt: ProviderAttempt) -> str:
+        return money(attempt.cost)
+
+    def get_urls(self) -> list[Any]:
+        reconciliation = self.admin_site.admin_view(self.reconciliation_view)
+        return [
+            path("reconciliation/", reconciliation, name="billing_provider_reconciliation"),
+            *super().get_urls(),
+        ]
+
+    def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> Any:
+        link = reverse("admin:billing_provider_reconciliation")
+        extra_context = {
+            **(extra_context or {}),
+            "subtitle": format_html('<a href="{}">Provider cost against tenant charges</a>', link),
+        }
+        return super().changelist_view(request, extra_context)
+
+    def reconciliation_view(self, request: HttpRequest) -> Any:
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        today = timezone.now().astimezone(UTC).date()
+        error = ""
+        try:
+            start = date.fromisoformat(request.GET.get("start") or today.replace(day=1).isoformat())
+            end = date.fromisoformat(request.GET.get("end") or today.isoformat())
+        except ValueError:
+            error = "Dates must look like 2026-12-01; showing this month."
+            start, end = today.replace(day=1), today
+        report = provider_reconciliation(
+            start=datetime.combine(start, time.min, tzinfo=UTC),
+            end=datetime.combine(end + timedelta(days=1), time.min, tzinfo=UTC),
+        )
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": "Provider cost against tenant charges",
+            "report": report,
+            "totals": report.totals,
+            "start": start.isoformat(),
+            "end": end.isoformat(),
+            "error": error,
+        }
+        return TemplateResponse(
+            request, "admin/billing/providerattempt/reconciliation.html", context
+        )

@@ -66,7 +66,8 @@ class TenantAdmin(TenantSpendColumnsMixin, admin.ModelAdmin):
     list_filter = ["is_active"]
     search_fields = ["slug", "name"]
     fields = [
-        "name", "slug", "is_active", "time_zone", "webhook_url", "webhook_secret", "api_keys",
+        "name", "slug", "is_active", "time_zone", "require_end_user", "webhook_url",
+        "webhook_secret", "api_keys",
     ]  # fmt: skip
     readonly_fields = ["api_keys"]
     inlines = [ApiKeyInline, *TENANT_LIMIT_INLINES]

@@ -28,6 +28,7 @@ OPERATOR_MODELS = [
     ("billing", "usagerecord"),
     ("billing", "reservation"),
     ("billing", "alert"),
+    ("billing", "providerattempt"),
     ("models_catalog", "foundationmodel"),
 ]
 

@@ -289,8 +289,12 @@ def assert_books_balance() -> dict[str, int]:
             )
             if record.cost != cost:
                 problems.append(f"answer {answer.pk}: charged {record.cost}, tokens cost {cost}")
-        if record is not None and answer.status == MessageStatus.COMPLETED:
-            counts = (answer.prompt_token_count, answer.generation_token_count)
+        if record is not None and reservation is not None and answer.prompt_token_count is not None:
+            # Bedrock's counts, capped at the reservation: the most a tenant can be charged.
+            counts = (
+                min(answer.prompt_token_count, reservation.prompt_tokens),
+                min(answer.generation_token_count or 0, reservation.max_gen_len),
+            )
             if (record.input_tokens, record.output_tokens) != counts:
                 problems.append(f"answer {answer.pk}: ledger tokens differ from Bedrock's")
     answer_ids = {answer.pk for answer in answers}
