@@ -1,13 +1,19 @@
-"""A limit on failed API key authentications per client address, against key guessing.
+"""Limits on failed authentications, against guessing.
 
-A fixed window in Redis counts the 401s each address earns while presenting credentials.
-Once an address is over AUTH_FAILURE_LIMIT in a window, every request of it that presents
-credentials answers 429 before its key is looked at, until the window ends: a guesser learns
-nothing more, not even from a right guess. Requests that authenticate do not count, and
-requests without credentials are not guesses.
+Fixed windows in Redis count failures per scope: a client address, and what was guessed at
+(an API key's prefix). Scopes are counted separately, so a guesser who
+rotates addresses is still caught by the key's count, and one who sprays keys by the
+address's.
 
-Redis being unreachable must not lock every client out, so the limiter then fails open (and
-logs it): authentication itself stays constant-time and salted either way.
+API keys (config.middleware): a presented key is always checked first, and a valid one is
+always served, so neither a flood of bad keys from a shared address nor one aimed at a
+known prefix can lock its owner out. Only failing attempts are limited: once a scope is
+over AUTH_FAILURE_LIMIT in a window, its failures answer 429 instead of 401 until the window
+ends. Keys are 256-bit random secrets, so the limit is there to slow and flag guessing, not
+to make a right guess unlikely.
+
+Redis being unreachable must not lock everyone out, so the limits then fail open (and log
+it): authentication itself stays salted and constant-time either way.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import redis
 from django.conf import settings
@@ -24,6 +32,7 @@ from config.redis_client import get_redis
 
 logger = logging.getLogger(__name__)
 
+# Every counter's Redis key starts with this (tests clear them by it).
 KEY_PREFIX = "auth-failures"
 
 
@@ -33,6 +42,7 @@ def client_address(request: HttpRequest) -> str:
     X-Forwarded-For is trusted only with TRUSTED_PROXY_COUNT > 0 proxies in front: each of them
     appends the address it received from, so the client is the one that many from the right.
     Anything a client could have forged (further left, or not an IP address) is ignored.
+    The web server must not rewrite REMOTE_ADDR from the header either (config.web_server).
     """
     remote_address = request.META.get("REMOTE_ADDR", "") or "unknown"
     proxy_count = settings.TRUSTED_PROXY_COUNT
@@ -48,44 +58,68 @@ def client_address(request: HttpRequest) -> str:
         return remote_address
 
 
-def _window() -> tuple[int, int]:
-    """(this window's number, seconds until it ends)."""
-    window_seconds = settings.AUTH_FAILURE_WINDOW_SECONDS
-    now = time.time()
-    number = int(now // window_seconds)
-    return number, max(1, int((number + 1) * window_seconds - now + 0.999))
+def address_scope(address: str) -> str:
+    return f"address:{address}"
 
 
-def _key(address: str, window_number: int) -> str:
-    return f"{KEY_PREFIX}:{address}:{window_number}"
+@dataclass(frozen=True)
+class FailureLimit:
+    """A fixed-window failure count per scope; the limit and window are named settings."""
 
+    name: str
+    limit_setting: str
+    window_setting: str
 
-def failed_authentication_retry_after(address: str) -> int | None:
-    """Seconds until this address may try again, or None when it is under the limit."""
-    window_number, seconds_left = _window()
-    try:
-        failures = get_redis().get(_key(address, window_number))
-    except redis.RedisError:
-        logger.warning(
-            "Failed-authentication limiter unavailable (Redis error); letting the request through",
-            exc_info=True,
-        )
+    @property
+    def limit(self) -> int:
+        return int(getattr(settings, self.limit_setting))
+
+    def _window(self) -> tuple[int, int]:
+        """(this window's number, seconds until it ends)."""
+        window_seconds = int(getattr(settings, self.window_setting))
+        now = time.time()
+        number = int(now // window_seconds)
+        return number, max(1, int((number + 1) * window_seconds - now + 0.999))
+
+    def _keys(self, scopes: Sequence[str], window_number: int) -> list[str]:
+        return [f"{KEY_PREFIX}:{self.name}:{scope}:{window_number}" for scope in scopes]
+
+    def retry_after(self, scopes: Sequence[str]) -> int | None:
+        """Seconds until these scopes may try again, or None when all are under the limit."""
+        window_number, seconds_left = self._window()
+        try:
+            counts = get_redis().mget(self._keys(scopes, window_number))
+        except redis.RedisError:
+            logger.warning(
+                "Failed-authentication limiter unavailable (Redis error); letting the "
+                "request through",
+                exc_info=True,
+            )
+            return None
+        if any(count is not None and int(count) >= self.limit for count in counts):
+            return seconds_left
         return None
-    if failures is not None and int(failures) >= settings.AUTH_FAILURE_LIMIT:
-        return seconds_left
-    return None
+
+    def record_failure(self, scopes: Sequence[str]) -> int | None:
+        """Count one failure in every scope; seconds to wait if one is now over the limit."""
+        window_number, seconds_left = self._window()
+        keys = self._keys(scopes, window_number)
+        try:
+            pipeline = get_redis().pipeline(transaction=True)
+            for key in keys:
+                pipeline.incr(key)
+                pipeline.expire(key, seconds_left + 1)
+            results = pipeline.execute()
+        except redis.RedisError:
+            logger.warning(
+                "Failed-authentication limiter unavailable (Redis error); failure not counted",
+                exc_info=True,
+            )
+            return None
+        counts = results[::2]
+        if any(int(count) > self.limit for count in counts):
+            return seconds_left
+        return None
 
 
-def failed_authentication_record(address: str) -> None:
-    window_number, seconds_left = _window()
-    key = _key(address, window_number)
-    try:
-        pipeline = get_redis().pipeline(transaction=True)
-        pipeline.incr(key)
-        pipeline.expire(key, seconds_left + 1)
-        pipeline.execute()
-    except redis.RedisError:
-        logger.warning(
-            "Failed-authentication limiter unavailable (Redis error); failure not counted",
-            exc_info=True,
-        )
+API_KEYS = FailureLimit("api", "AUTH_FAILURE_LIMIT", "AUTH_FAILURE_WINDOW_SECONDS")

@@ -1,8 +1,8 @@
 """Keeps HTML out of /api/: errors raised outside DRF views get the JSON error format too.
 
 It also refuses, before any view runs, what no /api/ endpoint should see: credentials in the
-query string, NUL characters in it, bodies over DATA_UPLOAD_MAX_MEMORY_SIZE, and clients over
-the failed-authentication limit (config.auth_throttle).
+query string, NUL characters in it and bodies over DATA_UPLOAD_MAX_MEMORY_SIZE; and it answers
+failed authentications over the limit with 429 instead of 401 (config.auth_throttle).
 """
 
 from __future__ import annotations
@@ -78,11 +78,21 @@ def _refusal(request: HttpRequest) -> HttpResponse | None:
     return None
 
 
+def _guess_scopes(request: HttpRequest) -> list[str]:
+    """What a failed authentication counts against: the address, and the key's prefix when
+    the credentials had the shape of one of our keys (conversations.authentication)."""
+    scopes = [auth_throttle.address_scope(auth_throttle.client_address(request))]
+    prefix = getattr(request, "presented_key_prefix", None)
+    if prefix:
+        scopes.append(f"key:{prefix}")
+    return scopes
+
+
 def _too_many_failed_authentications(retry_after: int) -> HttpResponse:
     response = JsonResponse(
         error_body(
             "too_many_failed_authentications",
-            "Too many failed authentications from this address; try again later.",
+            "Too many failed authentications from this address or with this key; try again later.",
             {"retry_after_seconds": retry_after},
         ),
         status=429,
@@ -104,16 +114,13 @@ class ApiJsonErrorMiddleware:
             refusal = json_error_response(400, "The query string is not valid.", "bad_request")
         if refusal is not None:
             return refusal
-        # Only requests that present credentials can be guesses, so only they are limited.
-        address = None
-        if request.META.get("HTTP_AUTHORIZATION"):
-            address = auth_throttle.client_address(request)
-            retry_after = auth_throttle.failed_authentication_retry_after(address)
+        response = self.get_response(request)
+        # Only requests that present credentials can be guesses, and the key was checked
+        # first: a valid one was served whatever the counts say, a failure is counted.
+        if response.status_code == 401 and request.META.get("HTTP_AUTHORIZATION"):
+            retry_after = auth_throttle.API_KEYS.record_failure(_guess_scopes(request))
             if retry_after is not None:
                 return _too_many_failed_authentications(retry_after)
-        response = self.get_response(request)
-        if address is not None and response.status_code == 401:
-            auth_throttle.failed_authentication_record(address)
         if (
             response.status_code >= 400
             and not _is_json(response)

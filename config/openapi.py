@@ -46,8 +46,9 @@ class ErrorDocumentingAutoSchema(AutoSchema):
                 "(`not_authenticated`, `authentication_failed`)."
             )
             errors["429"] = error_response(
-                "Too many failed authentications from this address "
-                "(`too_many_failed_authentications`); see Retry-After."
+                "A failed authentication over the limit for this address or key prefix "
+                "(`too_many_failed_authentications`); see Retry-After. A valid key is "
+                "never refused."
             )
         # Every endpoint refuses credentials in the query string (config.middleware).
         in_query = "credentials in the query string (`credentials_in_query`)"

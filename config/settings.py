@@ -268,12 +268,14 @@ if IS_PRODUCTION:
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 METRICS_TOKEN = read_secret("METRICS_TOKEN", "")
 
-# Hostile input and key guessing (config/middleware.py, config/auth_throttle.py).
-# Bodies over MAX_REQUEST_BODY_BYTES answer 413 before they are read; the default leaves room
-# for the longest message written entirely as \uXXXX escapes. A client address over
-# AUTH_FAILURE_LIMIT failed authentications in an AUTH_FAILURE_WINDOW_SECONDS window gets 429
-# until the window ends. The address is REMOTE_ADDR, or with TRUSTED_PROXY_COUNT proxies in
-# front, the X-Forwarded-For entry that many from the right (0: never trust the header).
+# Hostile input and key guessing (config/body_limit.py, config/middleware.py,
+# config/auth_throttle.py). Bodies over MAX_REQUEST_BODY_BYTES answer 413 as they arrive,
+# before they are spooled; the default leaves room for the longest message written entirely
+# as \uXXXX escapes. Failed authentications are counted per client address and per presented
+# key prefix; over AUTH_FAILURE_LIMIT in an AUTH_FAILURE_WINDOW_SECONDS window, failures answer
+# 429 until the window ends (a valid key is always served). The address is REMOTE_ADDR, or
+# with TRUSTED_PROXY_COUNT proxies in front, the X-Forwarded-For entry that many from the
+# right (0: never trust the header; config/web_server.py keeps uvicorn from trusting it).
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("MAX_REQUEST_BODY_BYTES", default=4 * 1024 * 1024)
 AUTH_FAILURE_LIMIT = env.int("AUTH_FAILURE_LIMIT", default=20)
 AUTH_FAILURE_WINDOW_SECONDS = env.int("AUTH_FAILURE_WINDOW_SECONDS", default=60)

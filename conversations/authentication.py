@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from rest_framework import authentication, exceptions, permissions
 from rest_framework.request import Request
 
+from conversations.api_keys import split_key
 from conversations.models import ApiKey, Tenant
 from conversations.services import api_key_authenticate
 
@@ -40,6 +41,10 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
             raise exceptions.AuthenticationFailed(
                 "Send the API key as 'Authorization: Bearer <key>'."
             )
+        parts = split_key(raw_key)
+        if parts is not None:
+            # Failures are limited per key prefix as well as per address (config.middleware).
+            request._request.presented_key_prefix = parts[0]
         api_key = api_key_authenticate(raw_key=raw_key)
         if api_key is None:
             # One message for unknown, wrong, revoked and inactive: no hint for a guesser.

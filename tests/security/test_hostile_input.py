@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -589,26 +590,68 @@ def test_a_wrong_secret_and_an_unknown_prefix_look_the_same(owner_key: CreatedAp
     assert wrong_secret["WWW-Authenticate"] == unknown_prefix["WWW-Authenticate"]
 
 
-def fail_to_authenticate(address: str, times: int, url: str = "/api/v1/tenant") -> None:
-    guesser = client_from(address, "lk_000000000000.wrong")
+def wrong_key(prefix: str | None = None) -> str:
+    """A well-formed key that is not one: a fresh unknown prefix unless one is given."""
+    return f"{prefix or 'lk_' + secrets.token_hex(6)}.{'x' * 43}"
+
+
+def fail_to_authenticate(
+    address: str, times: int, url: str = "/api/v1/tenant", *, prefix: str | None = None
+) -> None:
+    """Failed authentications from one address, each with a new unknown prefix unless one
+    is given (so only the address's count grows)."""
     for _ in range(times):
+        guesser = client_from(address, wrong_key(prefix))
         assert_error(guesser.get(url), 401, "authentication_failed")
 
 
-def test_too_many_failed_authentications_answer_429_even_for_the_right_key(
-    owner_key: CreatedApiKey, settings
-) -> None:
+def test_failures_over_the_limit_answer_429_with_retry_after(db, settings) -> None:
     settings.AUTH_FAILURE_LIMIT = 5
     fail_to_authenticate("203.0.113.5", 5)
-    right = client_from("203.0.113.5", owner_key.secret).get("/api/v1/tenant")
-    error = assert_error(right, 429, "too_many_failed_authentications")
-    assert 1 <= int(right["Retry-After"]) <= settings.AUTH_FAILURE_WINDOW_SECONDS
-    assert error["details"] == {"retry_after_seconds": int(right["Retry-After"])}
-    # The key was not even looked at.
-    owner_key.api_key.refresh_from_db()
-    assert owner_key.api_key.last_used_at is None
+    blocked = client_from("203.0.113.5", wrong_key()).get("/api/v1/tenant")
+    error = assert_error(blocked, 429, "too_many_failed_authentications")
+    assert 1 <= int(blocked["Retry-After"]) <= settings.AUTH_FAILURE_WINDOW_SECONDS
+    assert error["details"] == {"retry_after_seconds": int(blocked["Retry-After"])}
+    # Malformed credentials are failures too.
+    malformed = client_from("203.0.113.5", "not-a-key").get("/api/v1/tenant")
+    assert_error(malformed, 429, "too_many_failed_authentications")
     # Another address is not affected.
-    assert client_from("203.0.113.6", owner_key.secret).get("/api/v1/tenant").status_code == 200
+    elsewhere = client_from("203.0.113.6", wrong_key()).get("/api/v1/tenant")
+    assert_error(elsewhere, 401, "authentication_failed")
+
+
+def test_a_valid_key_is_served_from_an_address_that_floods_bad_keys(
+    owner_key: CreatedApiKey, other_key: CreatedApiKey, settings
+) -> None:
+    # Bob shares Alice's address (a NAT, an office, a proxy) while something there guesses.
+    settings.AUTH_FAILURE_LIMIT = 20
+    fail_to_authenticate("203.0.113.21", 20)
+    assert client_from("203.0.113.21", wrong_key()).get("/api/v1/tenant").status_code == 429
+    for key in (owner_key, other_key):
+        response = client_from("203.0.113.21", key.secret).get("/api/v1/tenant")
+        assert response.status_code == 200, response.content
+        assert response.json()["slug"] == key.api_key.tenant.slug
+    # ... and the guesser is still refused.
+    assert client_from("203.0.113.21", wrong_key()).get("/api/v1/tenant").status_code == 429
+
+
+def test_a_prefix_that_keeps_failing_is_limited_from_every_address(
+    owner_key: CreatedApiKey, settings
+) -> None:
+    settings.AUTH_FAILURE_LIMIT = 3
+    prefix = owner_key.api_key.prefix
+    for number in range(3):
+        # A guesser rotating addresses, aiming at one key.
+        guess = client_from(f"198.51.100.{number}", wrong_key(prefix)).get("/api/v1/tenant")
+        assert_error(guess, 401, "authentication_failed")
+    blocked = client_from("198.51.100.99", wrong_key(prefix)).get("/api/v1/tenant")
+    assert_error(blocked, 429, "too_many_failed_authentications")
+    # The owner of that prefix is not locked out, from any address.
+    for address in ("198.51.100.0", "198.51.100.100"):
+        assert client_from(address, owner_key.secret).get("/api/v1/tenant").status_code == 200
+    # Other prefixes from a fresh address are not limited.
+    other = client_from("198.51.100.101", wrong_key()).get("/api/v1/tenant")
+    assert_error(other, 401, "authentication_failed")
 
 
 def test_the_default_limit_is_twenty_a_minute(owner_key) -> None:
@@ -617,7 +660,7 @@ def test_the_default_limit_is_twenty_a_minute(owner_key) -> None:
         60,
     )
     fail_to_authenticate("203.0.113.20", 20)
-    blocked = client_from("203.0.113.20", "lk_000000000000.wrong").get("/api/v1/tenant")
+    blocked = client_from("203.0.113.20", wrong_key()).get("/api/v1/tenant")
     assert_error(blocked, 429, "too_many_failed_authentications")
 
 
@@ -626,12 +669,11 @@ def test_the_limit_ends_with_its_window(owner_key, settings, monkeypatch) -> Non
     now = 1_000_000 * settings.AUTH_FAILURE_WINDOW_SECONDS + 5.0
     monkeypatch.setattr(auth_throttle.time, "time", lambda: now)
     fail_to_authenticate("203.0.113.7", 2)
-    client = client_from("203.0.113.7", owner_key.secret)
-    throttled = client.get("/api/v1/tenant")
+    throttled = client_from("203.0.113.7", wrong_key()).get("/api/v1/tenant")
     assert throttled.status_code == 429
     assert int(throttled["Retry-After"]) == settings.AUTH_FAILURE_WINDOW_SECONDS - 5
     now += settings.AUTH_FAILURE_WINDOW_SECONDS
-    assert client.get("/api/v1/tenant").status_code == 200
+    assert client_from("203.0.113.7", wrong_key()).get("/api/v1/tenant").status_code == 401
 
 
 def test_successes_and_requests_without_credentials_do_not_count(owner_key, settings) -> None:
@@ -642,13 +684,14 @@ def test_successes_and_requests_without_credentials_do_not_count(owner_key, sett
         assert good.get("/api/v1/tenant").status_code == 200
         assert_error(anonymous.get("/api/v1/tenant"), 401, "not_authenticated")
     fail_to_authenticate("203.0.113.8", 3)
-    assert good.get("/api/v1/tenant").status_code == 429
+    assert client_from("203.0.113.8", wrong_key()).get("/api/v1/tenant").status_code == 429
+    assert good.get("/api/v1/tenant").status_code == 200
 
 
 def test_failures_on_the_stream_endpoint_count_too(owner_key, settings) -> None:
     settings.AUTH_FAILURE_LIMIT = 2
     fail_to_authenticate("203.0.113.9", 2, url=f"/api/v1/messages/{owner_key.api_key.pk}/stream")
-    blocked = client_from("203.0.113.9", owner_key.secret).get("/api/v1/tenant")
+    blocked = client_from("203.0.113.9", wrong_key()).get("/api/v1/tenant")
     assert_error(blocked, 429, "too_many_failed_authentications")
 
 
@@ -666,28 +709,25 @@ def test_redis_down_fails_open_and_logs(owner_key, settings, caplog) -> None:
 def test_forwarded_for_is_ignored_without_trusted_proxies(owner_key, settings) -> None:
     settings.AUTH_FAILURE_LIMIT = 2
     assert settings.TRUSTED_PROXY_COUNT == 0
-    for spoofed in ("192.0.2.1", "192.0.2.2", "192.0.2.3"):
+    for spoofed in ("192.0.2.1", "192.0.2.2"):
         # A guesser cannot escape the limit by making up addresses.
-        client_from("203.0.113.11", "lk_000000000000.wrong", HTTP_X_FORWARDED_FOR=spoofed).get(
-            "/api/v1/tenant"
-        )
-    blocked = client_from("203.0.113.11", owner_key.secret, HTTP_X_FORWARDED_FOR="192.0.2.9")
+        client_from("203.0.113.11", wrong_key(), HTTP_X_FORWARDED_FOR=spoofed).get("/api/v1/tenant")
+    blocked = client_from("203.0.113.11", wrong_key(), HTTP_X_FORWARDED_FOR="192.0.2.9")
     assert blocked.get("/api/v1/tenant").status_code == 429
 
 
-def test_forwarded_for_names_the_client_behind_trusted_proxies(owner_key, settings) -> None:
+def test_forwarded_for_names_the_client_behind_trusted_proxies(db, settings) -> None:
     settings.AUTH_FAILURE_LIMIT = 2
     settings.TRUSTED_PROXY_COUNT = 1
     proxy = "10.0.0.1"
     # The client may put anything in front; the proxy appends the address it saw, last.
-    guesser = client_from(
-        proxy, "lk_000000000000.wrong", HTTP_X_FORWARDED_FOR="1.1.1.1, 192.0.2.50"
-    )
     for _ in range(2):
-        guesser.get("/api/v1/tenant")
-    honest = client_from(proxy, owner_key.secret, HTTP_X_FORWARDED_FOR="192.0.2.51")
-    assert honest.get("/api/v1/tenant").status_code == 200
-    same_guesser = client_from(proxy, owner_key.secret, HTTP_X_FORWARDED_FOR="192.0.2.50")
+        client_from(proxy, wrong_key(), HTTP_X_FORWARDED_FOR="1.1.1.1, 192.0.2.50").get(
+            "/api/v1/tenant"
+        )
+    honest = client_from(proxy, wrong_key(), HTTP_X_FORWARDED_FOR="192.0.2.51")
+    assert honest.get("/api/v1/tenant").status_code == 401
+    same_guesser = client_from(proxy, wrong_key(), HTTP_X_FORWARDED_FOR="192.0.2.50")
     assert same_guesser.get("/api/v1/tenant").status_code == 429
 
 

@@ -273,6 +273,16 @@ def test_rotating_forwarded_for_does_not_reset_the_count(web_server, api_key) ->
     assert int(blocked.headers["Retry-After"]) >= 1
 
 
+def test_a_valid_key_is_served_while_its_address_floods_bad_keys(web_server, api_key) -> None:
+    other_tenant_key = api_key_create(tenant=make_tenant("bob")).secret
+    statuses = [get_tenant(web_server, wrong_key()).status_code for _ in range(FAILURE_LIMIT + 5)]
+    assert statuses == [401] * FAILURE_LIMIT + [429] * 5
+    for key, slug in ((other_tenant_key, "bob"), (api_key, "alice")):
+        response = get_tenant(web_server, key)
+        assert response.status_code == 200, response.text
+        assert response.json()["slug"] == slug
+
+
 def test_uvicorn_trusts_forwarding_headers_only_behind_trusted_proxies() -> None:
     assert proxy_header_arguments({}) == ["--no-proxy-headers"]
     assert proxy_header_arguments({"TRUSTED_PROXY_COUNT": "0"}) == ["--no-proxy-headers"]
