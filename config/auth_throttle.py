@@ -1,7 +1,7 @@
-"""Limits on failed authentications, against guessing.
+"""Limits on failed authentications, against guessing: API keys and admin passwords.
 
 Fixed windows in Redis count failures per scope: a client address, and what was guessed at
-(an API key's prefix). Scopes are counted separately, so a guesser who
+(an API key's prefix, an admin username). Scopes are counted separately, so a guesser who
 rotates addresses is still caught by the key's count, and one who sprays keys by the
 address's.
 
@@ -12,12 +12,17 @@ over AUTH_FAILURE_LIMIT in a window, its failures answer 429 instead of 401 unti
 ends. Keys are 256-bit random secrets, so the limit is there to slow and flag guessing, not
 to make a right guess unlikely.
 
+Admin logins (config.admin_site): passwords can be guessed, so once the username or the
+address is over ADMIN_LOGIN_FAILURE_LIMIT, the login answers 429 before the password is
+looked at, right or wrong, until the window ends.
+
 Redis being unreachable must not lock everyone out, so the limits then fail open (and log
 it): authentication itself stays salted and constant-time either way.
 """
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import logging
 import time
@@ -60,6 +65,11 @@ def client_address(request: HttpRequest) -> str:
 
 def address_scope(address: str) -> str:
     return f"address:{address}"
+
+
+def digest_scope(kind: str, value: str) -> str:
+    """A scope named by something a client chose (a username): bounded, and not in clear."""
+    return f"{kind}:{hashlib.sha256(value.encode('utf-8', 'surrogatepass')).hexdigest()[:32]}"
 
 
 @dataclass(frozen=True)
@@ -123,3 +133,6 @@ class FailureLimit:
 
 
 API_KEYS = FailureLimit("api", "AUTH_FAILURE_LIMIT", "AUTH_FAILURE_WINDOW_SECONDS")
+ADMIN_LOGINS = FailureLimit(
+    "admin", "ADMIN_LOGIN_FAILURE_LIMIT", "ADMIN_LOGIN_FAILURE_WINDOW_SECONDS"
+)

@@ -42,7 +42,7 @@ else:
     VAR_DIR.mkdir(exist_ok=True)
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "config.apps.GovernorAdminConfig",  # django.contrib.admin, with a login attempt limit
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -280,3 +280,7 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("MAX_REQUEST_BODY_BYTES", default=4 * 1024
 AUTH_FAILURE_LIMIT = env.int("AUTH_FAILURE_LIMIT", default=20)
 AUTH_FAILURE_WINDOW_SECONDS = env.int("AUTH_FAILURE_WINDOW_SECONDS", default=60)
 TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
+# Admin password guessing (config/admin_site.py): failed logins per username and per client
+# address; over the limit in a window, the login page answers 429 until the window ends.
+ADMIN_LOGIN_FAILURE_LIMIT = env.int("ADMIN_LOGIN_FAILURE_LIMIT", default=10)
+ADMIN_LOGIN_FAILURE_WINDOW_SECONDS = env.int("ADMIN_LOGIN_FAILURE_WINDOW_SECONDS", default=900)
