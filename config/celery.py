@@ -14,8 +14,9 @@ app.autodiscover_tasks()
 
 @worker_init.connect
 def _load_tokenizer_before_forking(**kwargs: object) -> None:
-    """Load the Llama 3 tokenizer once in the worker's parent, so every pool process
-    inherits it instead of spending a second and a half on its first answer."""
-    from models_catalog.tokenizer import llama3_encoding
+    """Load the tokenizers once in the worker's parent, so every pool process inherits
+    them instead of spending a second and a half (Llama 3) on its first answer."""
+    from models_catalog.tokenizer import llama2_processor, llama3_encoding
 
     llama3_encoding()
+    llama2_processor()

@@ -8,6 +8,12 @@ fails with `context_overflow`.
 Every message stores its token count when written, so a build reads the (id, role, count)
 of the turns it keeps, newest first and in growing batches, then the text of just those:
 its cost follows the turns kept, not the length of the history.
+
+Counts are exact. For Llama 3 the stored counts add up to the prompt's count exactly. For
+Llama 2 they add up to a proven upper bound (a message stores the most its content costs
+wherever the format may put it; see models_catalog.prompt_formats), which is what trimming
+and the overflow check use; the Llama 2 prompt that was built is then counted whole (its
+window is 4,096 tokens), so `prompt_token_count` is exact for both families.
 """
 
 from __future__ import annotations
@@ -15,7 +21,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 from rest_framework import status
@@ -31,7 +36,7 @@ from models_catalog.prompt_formats import (
     prompt_frame_tokens,
     turn_overhead_tokens,
 )
-from models_catalog.tokenizer.llama2 import LLAMA2_BOUND_SLACK, clamp_llama2_ratio
+from models_catalog.tokenizer import count_prompt_tokens
 
 FIRST_BATCH_SIZE = 64
 MAX_BATCH_SIZE = 4096
@@ -54,6 +59,7 @@ class BuiltContext:
     prompt_token_count: int
     context_window: int
     max_gen_len: int
+    # Always False now that both families count exactly; kept for API compatibility.
     token_count_is_estimate: bool
     kept_message_ids: list[uuid.UUID]
     oldest_kept_sequence: int | None
@@ -66,22 +72,14 @@ class BuiltContext:
 def message_token_count(model: FoundationModel, content: str) -> int:
     """What a message stores: its content's tokens as it will appear in prompts.
 
-    Llama 2 stores the proven bound (ratio 1); the learned ratio is applied at build time,
-    so a better ratio improves old messages' estimates too.
+    Exact for Llama 3; for Llama 2 the most the content costs wherever a prompt puts it
+    (see prompt_formats.content_tokens).
     """
     return content_tokens(model.family, content)
 
 
-def _scaled(model: FoundationModel, stored_count: int) -> int:
-    if model.family != PromptFamily.LLAMA2:
-        return stored_count
-    ratio = clamp_llama2_ratio(model.llama2_token_ratio)
-    bytes_count = Decimal(max(stored_count - LLAMA2_BOUND_SLACK, 0))
-    return int((bytes_count * ratio).to_integral_value(ROUND_CEILING)) + LLAMA2_BOUND_SLACK
-
-
 def _turn_cost(model: FoundationModel, role: str, stored_count: int) -> int:
-    return turn_overhead_tokens(model.family, role) + _scaled(model, stored_count)
+    return turn_overhead_tokens(model.family, role) + stored_count
 
 
 def _system_cost(conversation: Conversation) -> int:
@@ -131,7 +129,7 @@ def _overflow(
             "max_gen_len": max_gen_len,
             "context_window": window,
             "available_for_prompt": window - max_gen_len,
-            "token_count_is_estimate": conversation.model.family == PromptFamily.LLAMA2,
+            "token_count_is_estimate": False,
         },
     )
 
@@ -196,13 +194,17 @@ def context_build(
     if pending_user_content is not None:
         turns.append(Turn(role=MessageRole.USER, content=pending_user_content))
     prompt = build_prompt(model.family, system_prompt=conversation.system_prompt, turns=turns)
+    if model.family == PromptFamily.LLAMA2:
+        # `total` is an upper bound for Llama 2 (see the module docstring); the exact count
+        # of what was kept is at most that, so the prompt still fits.
+        total = count_prompt_tokens(prompt, model.family)
     return BuiltContext(
         model_id=model.model_id,
         prompt=prompt,
         prompt_token_count=total,
         context_window=model.context_window,
         max_gen_len=max_gen_len,
-        token_count_is_estimate=model.family == PromptFamily.LLAMA2,
+        token_count_is_estimate=False,
         kept_message_ids=stored_ids,
         oldest_kept_sequence=oldest_kept_sequence,
     )

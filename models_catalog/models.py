@@ -34,15 +34,6 @@ class FoundationModel(models.Model):
     accepts_images = models.BooleanField(
         default=False, help_text="Bedrock accepts images for it; this service sends text only."
     )
-    llama2_token_ratio = models.DecimalField(
-        max_digits=7,
-        decimal_places=6,
-        default=Decimal(1),
-        help_text=(
-            "Llama 2 only: estimated tokens per UTF-8 byte, learned from the prompt token "
-            "counts Bedrock reports. 1 is the proven upper bound."
-        ),
-    )
     is_active = models.BooleanField(default=True)
     sort_order = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -4,9 +4,10 @@ Pure functions, no Django: the context builder renders history with ``build_prom
 sizes it piece by piece with the ``*_tokens`` helpers.
 
 Neutralising. Text from users, from the model's earlier answers and from the tenant's
-system prompt must never become structure. Every structural marker inside such text gets
-a ZERO WIDTH SPACE (U+200B) after its first character: ``<|eot_id|>`` becomes
-``<`` U+200B ``|eot_id|>`` and ``[INST]`` becomes ``[`` U+200B ``INST]``. Why that character:
+system prompt must never become structure. Every structural marker (and every special-token
+string, such as Llama 2's ``<unk>``) inside such text gets a ZERO WIDTH SPACE (U+200B) after
+its first character: ``<|eot_id|>`` becomes ``<`` U+200B ``|eot_id|>`` and ``[INST]``
+becomes ``[`` U+200B ``INST]``. Why that character:
 
 - it is invisible, so the text still reads and renders the same for people;
 - it is not whitespace for ``str.strip`` nor for the tokenizer's ``\s``, so it is never
@@ -31,8 +32,27 @@ special tokens always separate what is before and after them, so::
     count_prompt_tokens(build_prompt(...))
         == prompt_frame_tokens + system_prompt_tokens + sum(turn_tokens for each turn)
 
-holds exactly for Llama 3. For Llama 2, whose counts are byte-based estimates, the sum is
->= the estimate of the whole prompt.
+holds exactly for Llama 3.
+
+Llama 2 (how its prompts are tokenized: ``models_catalog.tokenizer.llama2``). The frame is
+the ``<s>`` Bedrock adds; each turn's markers cost the same wherever the turn sits
+(``<s>``, ``▁[INST]`` and ``▁[/INST]`` for a user turn; the lone ``▁`` and ``</s>`` after an
+answer; ``▁<<SYS>>``, two newlines, ``<</SYS>>`` and a blank line around the system prompt).
+The content is where one stored number per message cannot be exact everywhere: after
+``[INST]`` or ``[/INST]`` and a space, content is tokenized with a leading ``▁``, but
+Meta's format puts the system prompt, and the user turn that carries it, right after a
+newline, where it is tokenized without one, and the two counts can differ by a token or
+two either way (they are equal for about 93% of the messages we tried). So a message's
+content costs the larger of the two (``content_tokens``), which gives::
+
+    count_prompt_tokens(build_prompt(...))
+        <= prompt_frame_tokens + system_prompt_tokens + sum(turn_tokens for each turn)
+
+with equality whenever every content costs what it does where it sits. A run of turns of
+one role merged into one (see ``_llama2_merged_turns``) is also over-counted: the joined
+turn pays the blank line instead of its own markers. The sum is what trimming adds up, so
+a kept history always fits; the context builder then counts the Llama 2 prompt it built to
+report the exact number.
 """
 
 from __future__ import annotations
@@ -41,16 +61,15 @@ import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Final, Literal, get_args
 
 from models_catalog.tokenizer import (
-    LLAMA2_PROVEN_RATIO,
     Family,
+    count_llama2_tokens,
     count_llama3_prompt_tokens,
-    count_tokens,
+    count_llama3_tokens,
 )
-from models_catalog.tokenizer.llama2 import llama2_utf8_bytes
+from models_catalog.tokenizer.llama2 import BEDROCK_ADDED_BOS
 from models_catalog.tokenizer.llama3 import BEGIN_OF_TEXT, END_HEADER, END_OF_TURN, START_HEADER
 
 Role = Literal["user", "assistant"]
@@ -77,7 +96,7 @@ class Turn:
 # --- neutralising ---------------------------------------------------------------------
 
 _LLAMA3_SPECIAL_OPENER: Final = "<|"
-_LLAMA2_MARKER_RE: Final = re.compile(r"\[/?INST\]|<</?SYS>>|</?s>", re.IGNORECASE)
+_LLAMA2_MARKER_RE: Final = re.compile(r"\[/?INST\]|<</?SYS>>|</?s>|<unk>", re.IGNORECASE)
 
 
 def neutralise_llama3(text: str) -> str:
@@ -95,7 +114,10 @@ def _break_marker(match: re.Match[str]) -> str:
 
 
 def neutralise_llama2(text: str) -> str:
-    """Make ``text`` free of Llama 2 markers (``[INST]``, ``<<SYS>>``, ``<s>`` ... any case).
+    """Make ``text`` free of Llama 2 markers (``[INST]``, ``<<SYS>>``, ``<s>``, ``<unk>`` ...).
+
+    Any case: ``<S>`` is not a control token, but it would read as one to a person or a
+    tokenizer that folds case, and breaking it costs nothing.
 
     No two markers can overlap, and what follows an inserted U+200B (``/INST]``,
     ``<SYS>>``, ``s>`` ...) cannot begin a new one, so one pass leaves none.
@@ -167,8 +189,10 @@ _LLAMA2_ASSISTANT_OPEN: Final = " "
 _LLAMA2_ASSISTANT_CLOSE: Final = " </s>"
 _LLAMA2_SYSTEM_OPEN: Final = "<<SYS>>\n"
 _LLAMA2_SYSTEM_CLOSE: Final = "\n<</SYS>>\n\n"
-# Joins consecutive turns of one role; shorter than any turn's markers, which keeps the
-# per-piece estimate >= the estimate of the whole prompt.
+# Joins consecutive turns of one role. Its two newline tokens cost no more than the markers
+# of the turn it replaces (2 for an answer, 8 for a user turn), and the joined content,
+# coming after a newline, costs no more than its stored bound: the sum of the pieces stays
+# >= the count of the whole prompt.
 _LLAMA2_SAME_ROLE_JOINER: Final = "\n\n"
 
 
@@ -223,25 +247,43 @@ def build_prompt(family: Family, *, system_prompt: str | None, turns: Sequence[T
 
 # --- token accounting -------------------------------------------------------------------
 
-_LLAMA2_MARKER_BYTES: Final[dict[PieceRole, int]] = {
-    "system": llama2_utf8_bytes(_LLAMA2_SYSTEM_OPEN + _LLAMA2_SYSTEM_CLOSE),
-    "user": llama2_utf8_bytes(_LLAMA2_USER_OPEN + _LLAMA2_USER_CLOSE),
-    "assistant": llama2_utf8_bytes(_LLAMA2_ASSISTANT_OPEN + _LLAMA2_ASSISTANT_CLOSE),
-}
-
 
 @functools.cache
 def prompt_frame_tokens(family: Family) -> int:
     """Tokens a prompt has besides its turns.
 
-    Llama 3: ``<|begin_of_text|>`` and the closing assistant header (5). Llama 2: 0, every
-    marker belongs to a turn, and each content estimate carries the bound's slack.
+    Llama 3: ``<|begin_of_text|>`` and the closing assistant header (5). Llama 2: the ``<s>``
+    Bedrock puts in front of the prompt (1); every marker we write belongs to a turn.
     """
     if family == "llama3":
         return 1 + count_llama3_prompt_tokens(_llama3_header("assistant"))
     if family == "llama2":
-        return 0
+        return BEDROCK_ADDED_BOS
     raise ValueError(f"unknown model family {family!r}")
+
+
+def _llama2_marker_tokens(role: PieceRole) -> int:
+    """Tokens of a Llama 2 turn's markers, as they are tokenized inside a prompt.
+
+    A space before content goes with the content (it is the ``▁`` content is counted with);
+    the randomized test in tests/models_catalog/test_prompt_formats.py pins these to
+    ``build_llama2_prompt``.
+    """
+    if role == "user":
+        # "<s>" (a control token); "[INST]" opens its segment and " [/INST]" follows
+        # content, so both are tokenized with a leading "▁".
+        return 1 + count_llama2_tokens("[INST]") + count_llama2_tokens("[/INST]")
+    if role == "assistant":
+        # " </s>": a lone "▁" (no piece joins it to the answer's last character), "</s>".
+        return 1 + 1
+    # " <<SYS>>\n" + system + "\n<</SYS>>\n\n": newlines are one byte token each and
+    # "<</SYS>>" comes right after one, so it has no leading "▁".
+    return (
+        count_llama2_tokens(_LLAMA2_SYSTEM_OPEN.rstrip("\n"))
+        + _LLAMA2_SYSTEM_OPEN.count("\n")
+        + count_llama2_tokens(_LLAMA2_SYSTEM_CLOSE.strip("\n"), dummy_prefix=False)
+        + _LLAMA2_SYSTEM_CLOSE.count("\n")
+    )
 
 
 @functools.cache
@@ -249,39 +291,47 @@ def turn_overhead_tokens(family: Family, role: PieceRole) -> int:
     """Tokens of one turn's markers, without its content.
 
     Llama 3: the header, the blank line after it and ``<|eot_id|>`` (5 for every role).
-    Llama 2: the markers' bytes (ratio 1 on purpose: they are few, and this keeps the sum
-    of the pieces >= the estimate of the whole whatever ratio the content uses).
+    Llama 2: 8 for a user turn, 2 for an answer, 13 for the system prompt's markers.
     """
     if family == "llama3":
         return count_llama3_prompt_tokens(_llama3_header(role) + END_OF_TURN)
     if family == "llama2":
-        return _LLAMA2_MARKER_BYTES[role]
+        return _llama2_marker_tokens(role)
     raise ValueError(f"unknown model family {family!r}")
 
 
-def content_tokens(
-    family: Family, text: str, *, llama2_ratio: Decimal | float = LLAMA2_PROVEN_RATIO
-) -> int:
-    """Tokens of ``text`` once prepared for a ``family`` prompt (what to store per message)."""
-    return count_tokens(prepare_content(text, family), family, llama2_ratio=llama2_ratio)
+def _llama2_content_tokens(content: str) -> int:
+    """The most tokens prepared ``content`` takes wherever a Llama 2 prompt puts it.
+
+    After ``"] "`` it is tokenized with a leading ``▁`` (``count_llama2_tokens(content)``);
+    after a newline (the system prompt, the user turn that carries it, a merged turn)
+    without. Empty content is 1: in ``"[INST]  [/INST]"`` the two spaces leave a lone ``▁``
+    more than the markers alone; elsewhere it costs nothing.
+    """
+    if not content:
+        return 1
+    return max(count_llama2_tokens(content), count_llama2_tokens(content, dummy_prefix=False))
 
 
-def system_prompt_tokens(
-    family: Family,
-    system_prompt: str | None,
-    *,
-    llama2_ratio: Decimal | float = LLAMA2_PROVEN_RATIO,
-) -> int:
+def content_tokens(family: Family, text: str) -> int:
+    """Tokens of ``text`` once prepared for a ``family`` prompt (what to store per message).
+
+    Exact for Llama 3; for Llama 2 exact where the content sits after a space, and never
+    below what it costs anywhere in a prompt (see the module docstring).
+    """
+    content = prepare_content(text, family)
+    if family == "llama2":
+        return _llama2_content_tokens(content)
+    return count_llama3_tokens(content)
+
+
+def system_prompt_tokens(family: Family, system_prompt: str | None) -> int:
     """Tokens the system prompt adds to a prompt: 0 when it is left out (empty)."""
     if not prepare_content(system_prompt or "", family):
         return 0
-    overhead = turn_overhead_tokens(family, "system")
-    return overhead + content_tokens(family, system_prompt or "", llama2_ratio=llama2_ratio)
+    return turn_overhead_tokens(family, "system") + content_tokens(family, system_prompt or "")
 
 
-def turn_tokens(
-    family: Family, turn: Turn, *, llama2_ratio: Decimal | float = LLAMA2_PROVEN_RATIO
-) -> int:
+def turn_tokens(family: Family, turn: Turn) -> int:
     """Tokens one history turn adds to a prompt, markers included."""
-    overhead = turn_overhead_tokens(family, turn.role)
-    return overhead + content_tokens(family, turn.content, llama2_ratio=llama2_ratio)
+    return turn_overhead_tokens(family, turn.role) + content_tokens(family, turn.content)

@@ -64,6 +64,8 @@ MODEL_CONTEXT_WINDOWS: Mapping[str, int] = {
     "meta.llama3-3-70b-instruct-v1:0": 128_000,
 }
 INFERENCE_PROFILE_PREFIXES = ("us.", "eu.", "apac.", "us-gov.")
+# Llama 2 prompts are counted with the Llama 2 tokenizer, every other model's with Llama 3's.
+LLAMA2_MODEL_PREFIX = "meta.llama2-"
 MAX_GEN_LEN_LIMIT = 2048
 DEFAULT_MAX_GEN_LEN = 512
 DEFAULT_TEMPERATURE = 0.5
@@ -221,23 +223,35 @@ def expected_generation(
 _FALLBACK_TOKEN = re.compile(r"<\|[A-Za-z0-9_]+\|>|\w+|[^\w\s]")
 
 
+def _prompt_family(model_id: str) -> str:
+    """``"llama2"`` for a Llama 2 model id (profile prefix stripped), else ``"llama3"``."""
+    return "llama2" if model_id.startswith(LLAMA2_MODEL_PREFIX) else "llama3"
+
+
 @functools.cache
-def _prompt_counter() -> Callable[[str], int]:
-    """Our exact Llama 3 tokenizer when importable; otherwise a rough word splitter.
+def _prompt_counter(family: str) -> Callable[[str], int]:
+    """Our exact tokenizer for the family when importable; otherwise a rough word splitter.
 
     Imported lazily so the server starts even where the tokenizer package is unavailable.
     """
     try:
-        from models_catalog.tokenizer import count_llama3_prompt_tokens
+        from models_catalog.tokenizer import (
+            count_llama2_prompt_tokens,
+            count_llama3_prompt_tokens,
+        )
     except ImportError:
         logger.warning("models_catalog.tokenizer unavailable; counting prompt tokens roughly")
         return lambda prompt: len(_FALLBACK_TOKEN.findall(prompt))
-    return count_llama3_prompt_tokens
+    return count_llama2_prompt_tokens if family == "llama2" else count_llama3_prompt_tokens
 
 
-def _count_prompt_tokens(prompt: str) -> int:
-    """Tokens of a formatted prompt, special-token strings counting one token each."""
-    return _prompt_counter()(prompt)
+def _count_prompt_tokens(prompt: str, model_id: str) -> int:
+    """Tokens of a formatted prompt as Bedrock counts them for ``model_id``.
+
+    Special-token strings count one token each; a Llama 2 prompt also gets the ``<s>``
+    Bedrock adds in front (see models_catalog.tokenizer.llama2).
+    """
+    return _prompt_counter(_prompt_family(model_id))(prompt)
 
 
 # ---------------------------------------------------------------------------------------
@@ -413,14 +427,18 @@ class _ClientGoneError(Exception):
     """The caller closed the connection (or the server is stopping) mid-response."""
 
 
-def _context_window(raw_segment: str) -> int:
-    """The model's context window (inference-profile prefix stripped), or ResourceNotFound."""
+def _model_id(raw_segment: str) -> str:
+    """The model id of a request path, its inference-profile prefix stripped."""
     model_id = unquote(raw_segment)
     for prefix in INFERENCE_PROFILE_PREFIXES:
         if model_id.startswith(prefix + "meta."):
-            model_id = model_id.removeprefix(prefix)
-            break
-    window = MODEL_CONTEXT_WINDOWS.get(model_id)
+            return model_id.removeprefix(prefix)
+    return model_id
+
+
+def _context_window(raw_segment: str) -> int:
+    """The model's context window (inference-profile prefix stripped), or ResourceNotFound."""
+    window = MODEL_CONTEXT_WINDOWS.get(_model_id(raw_segment))
     if window is None:
         raise _RequestError(
             "ResourceNotFoundException", f"Model {unquote(raw_segment)!r} does not exist."
@@ -573,7 +591,7 @@ class _BedrockRequestHandler(http.server.BaseHTTPRequestHandler):
             raise _ClientGoneError
         window = _context_window(model_segment)
         request = _parse_body(raw_body)
-        prompt_tokens = _count_prompt_tokens(request.prompt)
+        prompt_tokens = _count_prompt_tokens(request.prompt, _model_id(model_segment))
         if prompt_tokens + request.max_gen_len > window:
             raise _RequestError(
                 "ValidationException",
@@ -772,8 +790,9 @@ class LocalBedrockServer:
     def start(self) -> Self:
         if self._httpd is not None:
             raise RuntimeError("already started")
-        # Load the tokenizer now rather than inside the first request's latency.
-        _count_prompt_tokens("")
+        # Load the tokenizers now rather than inside the first request's latency.
+        for family in ("llama3", "llama2"):
+            _prompt_counter(family)("warm up")
         httpd = _BedrockHTTPServer((self._host, self._requested_port), _BedrockRequestHandler)
         httpd.state = self._state
         httpd.verbose = self._verbose

@@ -1,104 +1,154 @@
-"""Conservative Llama 2 token estimates.
+"""Exact Llama 2 tokenizer: Meta's SentencePiece model through the ``sentencepiece`` package.
 
-Llama 2 uses a 32,000-piece SentencePiece BPE vocabulary that we do not have offline, so
-its counts are estimated, and the estimate must never be below the real count: it sizes
-prompts against a 4,096-token window and reserves money before Bedrock is called.
+``data/llama2_tokenizer.model`` is byte for byte Meta's Llama 2 ``tokenizer.model``: BPE
+over 32,000 pieces, byte fallback (a character outside the vocabulary becomes one
+``<0xNN>`` piece per UTF-8 byte), an identity normaliser that writes spaces as ``▁`` and
+puts one ``▁`` in front of the text (the "dummy prefix"). Ids 1 and 2 are the control
+tokens ``<s>`` and ``</s>``. The processor is loaded once per process, under a lock;
+encoding with it is thread-safe, so the worker's threads share it.
 
-The bound. Llama 2's SentencePiece model has byte fallback and an identity normaliser.
-Encoding starts from one symbol per character; a character in the vocabulary is one
-piece, any other becomes one ``<0xNN>`` piece per UTF-8 byte. BPE merges only ever join
-pieces. So a string of ``b`` UTF-8 bytes is at most ``b`` pieces, plus one for the "▁"
-SentencePiece prefixes to the input (a space is one byte and one piece, ▁ being in the
-vocabulary). One more covers a ``<s>`` the server might add in front of ours. Hence::
+How a Llama 2 prompt is counted (``count_llama2_prompt_tokens``), which is how Meta's
+reference chat code and Hugging Face's Llama 2 tokenizer turn our prompt into ids:
 
-    llama2 tokens(text) <= utf8_bytes(text) + LLAMA2_BOUND_SLACK        (slack = 2)
+- the literal markers ``<s>`` and ``</s>`` that prompt_formats writes are one control token
+  each (ids 1 and 2); no other text is special;
+- the text between two markers (a "segment") is encoded on its own, with its own dummy
+  prefix; an empty segment (between ``</s>`` and ``<s>``) is no token. This is exactly
+  Meta's reference ``chat_completion``, which encodes each
+  ``[INST] question [/INST] answer `` with ``bos=True, eos=True``;
+- Bedrock puts one ``<s>`` in front of the prompt it is given, as tokenizers with
+  ``add_bos`` do, even though ours already starts with ``<s>``; it is counted
+  (``BEDROCK_ADDED_BOS``), so the count compares with Bedrock's ``prompt_token_count``. Were
+  Bedrock not to add it, the count would be one over: the safe direction.
 
-If the server instead reads ``<s>``/``</s>`` in our prompt as control tokens, each saves
-two tokens and the text after it may get its own ▁ prefix: never more than before.
-
-The ratio. The bound over-counts English about 3-4 times (Llama 2 averages roughly
-0.25-0.3 tokens per byte there). ``estimate_llama2_tokens`` takes a ratio of Llama 2
-tokens per UTF-8 byte: 1 (the default) is the proven bound; a smaller, learned ratio gives
-a tighter estimate that is no longer a proof, only as good as what it was learned from.
-``llama2_ratio_update`` learns it from the counts Bedrock reports, rising at once when a
-count came close to the estimate and falling only slowly, and the ratio is always clamped
-to [LLAMA2_RATIO_FLOOR, 1], so an estimate is never above the bound nor below
-LLAMA2_RATIO_FLOOR tokens per byte (denser than English prose with headroom).
+Why counts of parts add up (prompt_formats relies on it; checked against the vocabulary in
+tests): no piece has a ``▁`` after another character, so no piece spans the point before a
+``▁`` that follows a non-space; and no piece contains a newline (it is always the byte
+piece ``<0x0A>``), so nothing spans a newline either. Text placed after ``"] "`` is
+therefore tokenized exactly as on its own (``count_llama2_tokens(text)``, the ``▁`` being
+its dummy prefix), and text placed after a newline exactly as on its own without the
+prefix (``count_llama2_tokens(text, dummy_prefix=False)``).
 """
 
 from __future__ import annotations
 
-from decimal import ROUND_CEILING, Decimal
+import hashlib
+import re
+import threading
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Final
 
-# "▁" prefixed by SentencePiece, plus a <s> the server may add in front of ours.
-LLAMA2_BOUND_SLACK: Final = 2
+import sentencepiece
 
-LLAMA2_PROVEN_RATIO: Final = Decimal(1)
-LLAMA2_RATIO_FLOOR: Final = Decimal("0.35")
-# A learned ratio keeps this much room above the densest text seen...
-LLAMA2_RATIO_HEADROOM: Final = Decimal("1.25")
-# ...and moves this fraction of the way down per over-estimate, so one short, sparse
-# prompt cannot undo what many dense ones taught.
-LLAMA2_RATIO_DECAY: Final = Decimal("0.05")
+TOKENIZER_MODEL_PATH: Final = Path(__file__).parent / "data" / "llama2_tokenizer.model"
+# Meta's published sha256; checked on load so that a truncated copy or a Git LFS pointer
+# fails loudly instead of counting wrong.
+TOKENIZER_MODEL_SHA256: Final = "9e556afd44213b6bd1be2b850ebbbd98f5481437a8021afaf58ee7fb1818d347"
+VOCABULARY_SIZE: Final = 32_000
 
-_RATIO_PLACES: Final = Decimal("0.000001")
+BOS: Final = "<s>"
+EOS: Final = "</s>"
+BOS_ID: Final = 1
+EOS_ID: Final = 2
+MARKER_IDS: Final = {BOS: BOS_ID, EOS: EOS_ID}
+# The <s> Bedrock puts in front of every prompt (see the module docstring).
+BEDROCK_ADDED_BOS: Final = 1
 
+_MARKER_RE: Final = re.compile("</?s>")
+# count(text, dummy_prefix=False) is computed as the encoding of "\n" + text, whose first
+# two pieces are always "▁" and "<0x0A>": no piece joins either to anything.
+_NEWLINE: Final = "\n"
+_NEWLINE_IDS: Final = (29871, 13)
 
-def llama2_utf8_bytes(text: str) -> int:
-    """Return the UTF-8 length of ``text``; a lone surrogate counts as its 3 bytes."""
-    return len(text.encode("utf-8", "surrogatepass"))
-
-
-def llama2_token_upper_bound(text: str) -> int:
-    """Return a proven upper bound on Llama 2 tokens for ``text`` (see the module docstring)."""
-    return llama2_utf8_bytes(text) + LLAMA2_BOUND_SLACK
-
-
-def clamp_llama2_ratio(ratio: Decimal | float) -> Decimal:
-    """Return ``ratio`` as a Decimal within [LLAMA2_RATIO_FLOOR, LLAMA2_PROVEN_RATIO]."""
-    # str() keeps a float's shortest repr (0.3, not 0.29999999999999998889...).
-    value = ratio if isinstance(ratio, Decimal) else Decimal(str(ratio))
-    if not value.is_finite():
-        return LLAMA2_PROVEN_RATIO
-    return min(max(value, LLAMA2_RATIO_FLOOR), LLAMA2_PROVEN_RATIO)
+_load_lock = threading.Lock()
+_processor: sentencepiece.SentencePieceProcessor | None = None
 
 
-def estimate_llama2_tokens(text: str, ratio: Decimal | float = LLAMA2_PROVEN_RATIO) -> int:
-    """Estimate Llama 2 tokens for ``text``: ``ceil(utf8_bytes * ratio) + 2``.
+def llama2_processor() -> sentencepiece.SentencePieceProcessor:
+    """Return the process-wide Llama 2 processor, loading it on first use (about 10 ms)."""
+    global _processor
+    processor = _processor
+    if processor is not None:
+        return processor
+    with _load_lock:
+        if _processor is None:
+            _processor = _load()
+        return _processor
 
-    With the default ratio of 1 this is ``llama2_token_upper_bound`` and never under-counts.
-    A learned ratio (clamped to [LLAMA2_RATIO_FLOOR, 1]) tightens it; the result is never
-    above the bound.
+
+def _load() -> sentencepiece.SentencePieceProcessor:
+    model = TOKENIZER_MODEL_PATH.read_bytes()
+    digest = hashlib.sha256(model).hexdigest()
+    if digest != TOKENIZER_MODEL_SHA256:
+        raise ValueError(
+            f"{TOKENIZER_MODEL_PATH} has sha256 {digest}, expected {TOKENIZER_MODEL_SHA256}"
+        )
+    processor = sentencepiece.SentencePieceProcessor(model_proto=model)
+    if processor.get_piece_size() != VOCABULARY_SIZE:
+        raise ValueError(f"{TOKENIZER_MODEL_PATH} has {processor.get_piece_size()} pieces")
+    return processor
+
+
+def _well_formed(text: str) -> str:
+    """Replace lone surrogates (which JSON can carry) with U+FFFD, as tiktoken does."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
+def _encode_segment(text: str, *, dummy_prefix: bool = True) -> list[int]:
+    """Encode text without markers; an empty text is no token."""
+    if not text:
+        return []
+    processor = llama2_processor()
+    if dummy_prefix:
+        return processor.encode(_well_formed(text))
+    ids = processor.encode(_NEWLINE + _well_formed(text))
+    if tuple(ids[: len(_NEWLINE_IDS)]) != _NEWLINE_IDS:  # cannot happen with Meta's model
+        raise RuntimeError("a leading newline did not encode as '▁' '<0x0A>'")
+    return ids[len(_NEWLINE_IDS) :]
+
+
+def encode_llama2(text: str, *, allow_special: bool = False) -> list[int]:
+    """Encode ``text`` to Llama 2 token ids, without adding ``<s>``.
+
+    With ``allow_special=False`` (the default, for user text) ``"<s>"`` and ``"</s>"`` are
+    plain characters. With ``allow_special=True`` (for prompts we formatted ourselves) they
+    become ids 1 and 2 and split the text into segments encoded on their own.
     """
-    scaled = Decimal(llama2_utf8_bytes(text)) * clamp_llama2_ratio(ratio)
-    return int(scaled.to_integral_value(rounding=ROUND_CEILING)) + LLAMA2_BOUND_SLACK
+    if not allow_special:
+        return _encode_segment(text)
+    ids: list[int] = []
+    position = 0
+    for match in _MARKER_RE.finditer(text):
+        ids.extend(_encode_segment(text[position : match.start()]))
+        ids.append(MARKER_IDS[match.group()])
+        position = match.end()
+    ids.extend(_encode_segment(text[position:]))
+    return ids
 
 
-def llama2_ratio_update(
-    *, current_ratio: Decimal | float, predicted_tokens: int, actual_tokens: int
-) -> Decimal:
-    """Return the tokens-per-byte ratio to use after Bedrock reported ``actual_tokens``.
+def decode_llama2(ids: Sequence[int]) -> str:
+    """Decode token ids (control tokens are dropped; invalid UTF-8 becomes U+FFFD)."""
+    return llama2_processor().decode(list(ids))
 
-    ``predicted_tokens`` must be ``estimate_llama2_tokens(prompt, current_ratio)`` for the
-    whole prompt string as sent (not a sum of per-turn estimates), so that the prompt's
-    size can be recovered from it without storing the prompt.
 
-    Observed ratio: ``predicted - slack`` is ``ceil(bytes * ratio)``, so
-    ``bytes * ratio > predicted - slack - 1``; dividing by that lower end over-states the
-    observed ratio a little, which is the safe direction. With the result, the same prompt
-    is estimated at no less than ``actual_tokens``.
+def count_llama2_tokens(text: str, *, dummy_prefix: bool = True) -> int:
+    """Count the tokens of ordinary text (``<s>`` and ``</s>`` are plain characters).
 
-    A ratio that must rise (the estimate, with headroom, was too low) jumps there at once;
-    one that may fall moves only LLAMA2_RATIO_DECAY of the way. Prompts too short to
-    measure leave the ratio as it was.
+    ``dummy_prefix=True`` counts ``text`` as SentencePiece encodes it alone, with a ``▁`` in
+    front: how text after a space or at the start of a segment is tokenized. ``False``
+    counts it without that ``▁``: how text right after a newline is tokenized.
     """
-    current = clamp_llama2_ratio(current_ratio)
-    scaled_bytes_low = predicted_tokens - LLAMA2_BOUND_SLACK - 1
-    if scaled_bytes_low <= 0:
-        return current
-    observed = current * Decimal(max(actual_tokens - LLAMA2_BOUND_SLACK, 0)) / scaled_bytes_low
-    target = observed * LLAMA2_RATIO_HEADROOM
-    updated = target if target >= current else current - (current - target) * LLAMA2_RATIO_DECAY
-    # Rounding up keeps "never below what was observed" after quantising for storage.
-    return clamp_llama2_ratio(updated.quantize(_RATIO_PLACES, rounding=ROUND_CEILING))
+    return len(_encode_segment(text, dummy_prefix=dummy_prefix))
+
+
+def count_llama2_prompt_tokens(prompt: str) -> int:
+    """Count a formatted prompt as Bedrock does: markers are control tokens, plus its BOS.
+
+    This is the number to compare with the ``prompt_token_count`` that Bedrock reports.
+    """
+    return BEDROCK_ADDED_BOS + len(encode_llama2(prompt, allow_special=True))

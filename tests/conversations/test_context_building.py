@@ -1,4 +1,4 @@
-"""Trimming history to the window: exact for Llama 3, never under-counted for Llama 2."""
+"""Trimming history to the window; prompt token counts are exact for Llama 3 and Llama 2."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from conversations.context import context_build
 from conversations.models import Conversation
 from conversations.services.conversations import conversation_create, user_message_create
 from models_catalog.models import FoundationModel
-from models_catalog.tokenizer import count_llama3_prompt_tokens, llama2_token_upper_bound
+from models_catalog.prompt_formats import prompt_frame_tokens, turn_overhead_tokens
+from models_catalog.tokenizer import count_llama2_prompt_tokens, count_llama3_prompt_tokens
 from tests.conftest import stored_message, tiny_model
 
 pytestmark = pytest.mark.django_db
@@ -136,10 +137,10 @@ def test_injected_structure_stays_text_and_leaves_one_system_header(owner_tenant
     assert turn.message.content == attack  # stored as the user wrote it
 
 
-def test_llama2_keeps_user_and_answer_together_and_never_under_counts(owner_tenant) -> None:
+def test_llama2_keeps_user_and_answer_together_and_counts_exactly(owner_tenant) -> None:
     model = tiny_model("llama2", context_window=300, cap=100)
     conversation = make_conversation(owner_tenant, model, system_prompt="Be kind.")
-    messages = fill_history(conversation, 6)
+    messages = fill_history(conversation, 20)
     context = context_build(conversation=conversation, max_gen_len=100)
     kept = context.kept_message_ids
     assert messages[-1].id == kept[-1]
@@ -148,21 +149,33 @@ def test_llama2_keeps_user_and_answer_together_and_never_under_counts(owner_tena
     assert first_kept.role == "user"  # Llama 2 prompts open with a user turn
     assert context.prompt.startswith("<s>[INST] <<SYS>>\nBe kind.\n<</SYS>>\n\n")
     assert context.prompt.endswith("Final question? [/INST]")
-    # The sum of the pieces' estimates is at least the proven bound of the whole prompt.
-    assert context.prompt_token_count >= llama2_token_upper_bound(context.prompt)
+    assert context.prompt_token_count == count_llama2_prompt_tokens(context.prompt)
     assert context.prompt_token_count <= 200
-    assert context.token_count_is_estimate
+    assert not context.token_count_is_estimate
 
 
-def test_llama2_learned_ratio_tightens_estimates_of_stored_messages(owner_tenant) -> None:
+def test_llama2_count_is_exact_where_the_stored_counts_add_up_to_more(owner_tenant) -> None:
+    # "你好" is 3 tokens after "[INST] " (▁ 你 好) and 2 after the system prompt's blank
+    # line; a message stores the larger, so trimming adds up one token too many here.
     model = tiny_model("llama2", context_window=4096, cap=100)
-    conversation = make_conversation(owner_tenant, model)
-    fill_history(conversation, 3)
-    proven = context_build(conversation=conversation, max_gen_len=100).prompt_token_count
-    FoundationModel.objects.filter(pk=model.pk).update(llama2_token_ratio="0.5")
-    conversation.model.refresh_from_db()
-    learned = context_build(conversation=conversation, max_gen_len=100).prompt_token_count
-    assert learned < proven
+    conversation = make_conversation(owner_tenant, model, system_prompt="Be kind.")
+    first = stored_message(conversation, "user", "你好")
+    answer = stored_message(conversation, "assistant", "Hello!")
+    last = stored_message(conversation, "user", "How are you?")
+    context = context_build(conversation=conversation, max_gen_len=100)
+    stored_sum = (
+        prompt_frame_tokens("llama2")
+        + turn_overhead_tokens("llama2", "system")
+        + conversation.system_prompt_token_count
+        + sum(
+            turn_overhead_tokens("llama2", message.role) + message.token_count
+            for message in (first, answer, last)
+        )
+    )
+    assert context.kept_message_ids == [first.id, answer.id, last.id]
+    assert context.prompt_token_count == count_llama2_prompt_tokens(context.prompt)
+    assert context.prompt_token_count == stored_sum - 1
+    assert not context.token_count_is_estimate
 
 
 def test_build_reads_only_what_it_keeps(owner_tenant, django_assert_max_num_queries) -> None:

@@ -39,6 +39,7 @@ from models_catalog.bedrock.local_server import (
 )
 from models_catalog.catalogue import CATALOGUE
 from models_catalog.tokenizer import (
+    count_llama2_prompt_tokens,
     count_llama3_prompt_tokens,
     count_llama3_tokens,
     encode_llama3,
@@ -185,6 +186,38 @@ def test_prompt_special_tokens_count_one_token_each(server: LocalBedrockServer) 
     response = post(server, "invoke", {"prompt": "<|begin_of_text|><|eot_id|>"})
 
     assert response.json()["prompt_token_count"] == 2
+
+
+LLAMA2_PROMPT = (
+    "<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nWhat is a token? [/INST] A piece of text. "
+    "</s><s>[INST] 你好 [/INST]"
+)
+
+
+@pytest.mark.parametrize("model_path", ["meta.llama2-13b-chat-v1", "us.meta.llama2-70b-chat-v1"])
+def test_llama2_prompts_are_counted_as_we_count_them(
+    server: LocalBedrockServer, model_path: str
+) -> None:
+    response = post_url(
+        f"{server.url}/model/{model_path}/invoke", {"prompt": LLAMA2_PROMPT, "max_gen_len": 8}
+    )
+
+    assert response.status_code == 200
+    # <s> and </s> are one token each, plus the <s> Bedrock adds in front.
+    assert response.json()["prompt_token_count"] == count_llama2_prompt_tokens(LLAMA2_PROMPT)
+    assert count_llama2_prompt_tokens(LLAMA2_PROMPT) != count_llama3_prompt_tokens(LLAMA2_PROMPT)
+
+
+def test_llama2_window_is_checked_in_llama2_tokens(server: LocalBedrockServer) -> None:
+    prompt = "<s>[INST] " + "안녕하세요 " * 600 + "[/INST]"  # ~4,800 Llama 2 tokens, ~1,200 Llama 3
+    assert count_llama3_prompt_tokens(prompt) < 4096 - 8 < count_llama2_prompt_tokens(prompt)
+
+    response = post_url(
+        f"{server.url}/model/meta.llama2-13b-chat-v1/invoke", {"prompt": prompt, "max_gen_len": 8}
+    )
+
+    assert response.status_code == 400
+    assert f"({count_llama2_prompt_tokens(prompt)} tokens)" in response.json()["message"]
 
 
 def test_unknown_model_is_resource_not_found(server: LocalBedrockServer) -> None:

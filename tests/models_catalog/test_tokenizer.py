@@ -1,4 +1,4 @@
-"""The Llama 3 tokenizer is exact; the Llama 2 estimate never under-counts.
+"""The Llama 3 tokenizer is exact (Llama 2's: test_llama2_tokenizer.py).
 
 Reference ids come from Hugging Face ``tokenizers`` on Meta's Llama 3 tokenizer.json
 (``benchmarks/tokenizer_check.py``, which also found identical ids on a few thousand more
@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import random
-from decimal import Decimal
 
 import pytest
 
 from models_catalog.tokenizer import (
-    LLAMA2_BOUND_SLACK,
-    LLAMA2_RATIO_FLOOR,
     SPECIAL_TOKENS,
     count_llama3_prompt_tokens,
     count_llama3_tokens,
@@ -23,9 +20,6 @@ from models_catalog.tokenizer import (
     count_tokens,
     decode_llama3,
     encode_llama3,
-    estimate_llama2_tokens,
-    llama2_ratio_update,
-    llama2_token_upper_bound,
     llama3_encoding,
     special_token_id,
 )
@@ -183,91 +177,6 @@ def test_huge_whitespace_runs_are_counted_without_a_regex_stack_overflow() -> No
 
 def test_count_tokens_dispatches_on_family() -> None:
     assert count_tokens(HELLO, "llama3") == 6
-    assert count_tokens(HELLO, "llama2") == estimate_llama2_tokens(HELLO)
+    assert count_tokens(HELLO, "llama2") == 6  # ▁Hello , ▁how ▁are ▁you ?
     with pytest.raises(ValueError, match="unknown model family"):
         count_tokens(HELLO, "llama4")  # type: ignore[arg-type]
-
-
-# --- Llama 2 ----------------------------------------------------------------------------
-
-
-def _worst_case_llama2_tokens(text: str) -> int:
-    """The most tokens Llama 2's SentencePiece model can produce for ``text``.
-
-    Before any merge: one piece per character in the vocabulary, one byte piece per UTF-8
-    byte for any other; we assume every non-ASCII character falls back to bytes and every
-    ASCII one is a single piece. Merges only reduce this. Add the "▁" prefix and a <s>.
-    """
-    pieces = sum(1 if ord(ch) < 128 else len(ch.encode("utf-8", "surrogatepass")) for ch in text)
-    return pieces + 1 + 1
-
-
-@pytest.mark.parametrize("text", [*VARIED_TEXTS, "\ud800 lone surrogate"])
-def test_llama2_default_estimate_is_never_below_the_worst_case(text: str) -> None:
-    estimate = estimate_llama2_tokens(text)
-
-    assert estimate == llama2_token_upper_bound(text)
-    assert estimate >= _worst_case_llama2_tokens(text)
-
-
-def test_llama2_estimate_with_a_ratio_stays_between_floor_and_bound() -> None:
-    text = PARAGRAPHS
-    utf8_bytes = len(text.encode("utf-8"))
-
-    assert estimate_llama2_tokens(text, 5) == llama2_token_upper_bound(text)
-    assert estimate_llama2_tokens(text, Decimal("0.01")) == estimate_llama2_tokens(
-        text, LLAMA2_RATIO_FLOOR
-    )
-    assert estimate_llama2_tokens(text, 0.5) == -(-utf8_bytes // 2) + LLAMA2_BOUND_SLACK
-    assert estimate_llama2_tokens(text, float("nan")) == llama2_token_upper_bound(text)
-
-
-def test_llama2_ratio_rises_at_once_when_bedrock_counted_more_than_estimated() -> None:
-    ratio = LLAMA2_RATIO_FLOOR
-    prompt = "x" * 1000
-    predicted = estimate_llama2_tokens(prompt, ratio)
-
-    updated = llama2_ratio_update(
-        current_ratio=ratio, predicted_tokens=predicted, actual_tokens=600
-    )
-
-    assert estimate_llama2_tokens(prompt, updated) >= 600
-    assert updated > ratio
-
-
-def test_llama2_ratio_falls_slowly_and_never_below_the_floor() -> None:
-    prompt = "x" * 1000
-    predicted = estimate_llama2_tokens(prompt)
-
-    updated = llama2_ratio_update(current_ratio=1, predicted_tokens=predicted, actual_tokens=100)
-
-    assert Decimal("0.9") < updated < 1
-    for _ in range(500):
-        predicted = estimate_llama2_tokens(prompt, updated)
-        updated = llama2_ratio_update(
-            current_ratio=updated, predicted_tokens=predicted, actual_tokens=100
-        )
-    assert updated == LLAMA2_RATIO_FLOOR
-
-
-def test_llama2_ratio_after_an_update_never_under_counts_the_same_prompt() -> None:
-    rng = random.Random(11)
-    for _ in range(2000):
-        prompt_bytes = rng.randint(4, 20_000)
-        prompt = "b" * prompt_bytes
-        ratio = Decimal(rng.uniform(0.2, 1.2)).quantize(Decimal("0.0001"))
-        predicted = estimate_llama2_tokens(prompt, ratio)
-        actual = rng.randint(0, llama2_token_upper_bound(prompt))
-
-        updated = llama2_ratio_update(
-            current_ratio=ratio, predicted_tokens=predicted, actual_tokens=actual
-        )
-
-        assert LLAMA2_RATIO_FLOOR <= updated <= 1
-        assert estimate_llama2_tokens(prompt, updated) >= actual
-
-
-def test_llama2_ratio_ignores_prompts_too_short_to_measure() -> None:
-    assert llama2_ratio_update(
-        current_ratio=Decimal("0.5"), predicted_tokens=LLAMA2_BOUND_SLACK + 1, actual_tokens=50
-    ) == Decimal("0.5")
