@@ -58,9 +58,10 @@ class ErrorDocumentingAutoSchema(AutoSchema):
             )
             errors["413"] = error_response("Body too large (`request_too_large`).")
             errors["415"] = error_response("Body is not JSON (`unsupported_media_type`).")
-        elif self._validates_query():
+        elif self._validates_query() or self._is_paginated():
             errors["400"] = error_response(
-                f"Invalid query parameters (`validation_error`) or {in_query}."
+                "Invalid query parameters, a tampered `cursor` included (`validation_error`, "
+                f"details name the parameter), or {in_query}."
             )
         else:
             errors["400"] = error_response(
@@ -68,8 +69,6 @@ class ErrorDocumentingAutoSchema(AutoSchema):
             )
         if "{" in self.path:
             errors["404"] = error_response("No such object for this tenant (`not_found`).")
-        elif self._is_paginated():
-            errors["404"] = error_response("Invalid `cursor` (`not_found`).")
         return errors
 
     def _is_list_view(self, serializer: Any = None) -> bool:
