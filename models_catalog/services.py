@@ -27,11 +27,3 @@ def catalogue_load(
             created += was_created
             updated += not was_created
     return created, updated
-
-
-def llama2_token_ratio_observe(
-    *, model: FoundationModel, prompt: str, reported_prompt_tokens: int
-) -> None:
-    """Deprecated: does nothing. Llama 2 counts are exact; there is no ratio to learn."""
-    # removed with the ratio; kept until generation.py stops calling it
-    return None

@@ -171,8 +171,24 @@ def conversation_update(
         )
     for name, value in changes.items():
         setattr(conversation, name, value)
-    conversation.save(update_fields=[*changes, "updated_at"])
+    with transaction.atomic():
+        _conversation_lock(conversation)  # deleted meanwhile: 404, not a failed save
+        conversation.save(update_fields=[*changes, "updated_at"])
     return conversation
+
+
+def _conversation_lock(conversation: Conversation) -> Conversation:
+    """Lock the conversation's row (inside a transaction); 404 when a concurrent DELETE got
+    there first, since the caller looked it up."""
+    locked = (
+        Conversation.objects.select_for_update(of=("self",))
+        .select_related("tenant", "model")
+        .filter(pk=conversation.pk)
+        .first()
+    )
+    if locked is None:
+        raise NotFoundError("Not found.")
+    return locked
 
 
 def conversation_delete(*, conversation: Conversation) -> None:
@@ -184,7 +200,7 @@ def conversation_delete(*, conversation: Conversation) -> None:
     """
     with transaction.atomic():
         # The same row lock a new turn takes: no answer can start between check and delete.
-        locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
+        locked = _conversation_lock(conversation)
         in_flight = (
             Message.objects.filter(conversation=locked, status__in=IN_PROGRESS)
             .values_list("pk", flat=True)
@@ -239,11 +255,7 @@ def user_message_create(
     with rate_limits.given_back_unless_committed() as counted, transaction.atomic():
         # The row lock serialises turns of one conversation: sequence numbers stay gapless
         # and the context is built from the history this turn really follows.
-        locked = (
-            Conversation.objects.select_for_update(of=("self",))
-            .select_related("tenant")
-            .get(pk=conversation.pk)
-        )
+        locked = _conversation_lock(conversation)
         if Message.objects.filter(conversation=locked, status__in=IN_PROGRESS).exists():
             raise GenerationInProgressError(
                 "An answer is still being generated in this conversation; wait for it or "

@@ -272,9 +272,12 @@ class ServerConfig:
     """Fixed natural answer length; None means a deterministic length per prompt."""
     hang_seconds: float = 300.0
     """How long a "hang" outcome sleeps (ended early by stop())."""
+    overreport_rate: float = 0.0
+    """Fraction of answers whose reported token counts are inflated (a misbehaving
+    provider), by OVERREPORT_FACTOR: what settlement must never pass on to a tenant."""
 
     def __post_init__(self) -> None:
-        for name in ("throttle_rate", "midstream_failure_rate"):
+        for name in ("throttle_rate", "midstream_failure_rate", "overreport_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be within 0..1")
         for name in ("time_to_first_token_seconds", "seconds_per_token", "hang_seconds"):
@@ -303,6 +306,7 @@ _FIELD_PARSERS: Mapping[str, Callable[[str], Any]] = {
     "midstream_failure_rate": float,
     "answer_tokens": int,
     "hang_seconds": float,
+    "overreport_rate": float,
 }
 
 
@@ -310,12 +314,15 @@ _FIELD_PARSERS: Mapping[str, Callable[[str], Any]] = {
 class Outcome:
     """What the server does with one request, before looking at the request itself."""
 
-    kind: str  # "ok" | "error" | "midstream" | "hang"
+    kind: str  # "ok" | "error" | "midstream" | "hang" | "overreport"
     code: str = ""
     message: str = ""
+    report_factor: int = 1
+    """Reported token counts are multiplied by this (an "overreport" outcome)."""
 
 
 OK = Outcome("ok")
+OVERREPORT_FACTOR = 5
 # Named outcomes for script(); any code of ERROR_STATUS is accepted as well, and
 # "midstream:<Code>" fails a stream with that code after a few chunks.
 NAMED_OUTCOMES: Mapping[str, Outcome] = {
@@ -327,6 +334,7 @@ NAMED_OUTCOMES: Mapping[str, Outcome] = {
         "midstream", "ModelStreamErrorException", "Scripted model stream error."
     ),
     "hang": Outcome("hang"),
+    "overreport": Outcome("overreport", report_factor=OVERREPORT_FACTOR),
 }
 
 
@@ -335,12 +343,14 @@ def parse_outcome(name: str) -> Outcome:
         return NAMED_OUTCOMES[name]
     if name in ERROR_STATUS:
         return Outcome("error", name, f"Scripted {name}.")
+    if name.startswith("overreport:") and name.removeprefix("overreport:").isdigit():
+        return Outcome("overreport", report_factor=int(name.removeprefix("overreport:")))
     if name.startswith("midstream:") and name.removeprefix("midstream:"):
         code = name.removeprefix("midstream:")
         return Outcome("midstream", code[:1].upper() + code[1:], f"Scripted {code}.")
     raise ValueError(
         f"unknown outcome {name!r}; use one of {sorted(NAMED_OUTCOMES)}, an error code "
-        f"({', '.join(sorted(ERROR_STATUS))}) or 'midstream:<Code>'"
+        f"({', '.join(sorted(ERROR_STATUS))}), 'midstream:<Code>' or 'overreport:<factor>'"
     )
 
 
@@ -404,10 +414,14 @@ class _ServerState:
             throttle_draw = self.random.random()
             midstream_draw = self.random.random()
             config = self.config
+            # Drawn only when asked for, so seeded runs without it keep their sequences.
+            overreport_draw = self.random.random() if config.overreport_rate else 1.0
         if throttle_draw < config.throttle_rate:
             return NAMED_OUTCOMES["throttle"]
         if streaming and midstream_draw < config.midstream_failure_rate:
             return NAMED_OUTCOMES["midstream_error"]
+        if overreport_draw < config.overreport_rate:
+            return NAMED_OUTCOMES["overreport"]
         return OK
 
 
@@ -610,15 +624,18 @@ class _BedrockRequestHandler(http.server.BaseHTTPRequestHandler):
             # InvokeModel has no stream to fail inside; fail the whole call with that code.
             raise _RequestError(outcome.code, outcome.message)
         else:
-            self._invoke(generation, prompt_tokens, config)
+            self._invoke(generation, prompt_tokens, config, outcome.report_factor)
 
     def _sleep(self, seconds: float) -> None:
         if seconds > 0 and self.state.stopping.wait(seconds):
             raise _ClientGoneError
 
-    def _invoke(self, generation: Generation, prompt_tokens: int, config: ServerConfig) -> None:
+    def _invoke(
+        self, generation: Generation, prompt_tokens: int, config: ServerConfig, factor: int = 1
+    ) -> None:
         started = time.monotonic()
-        tokens = len(generation.pieces)
+        tokens = len(generation.pieces) * factor
+        prompt_tokens *= factor
         self._sleep(config.time_to_first_token_seconds + config.seconds_per_token * (tokens - 1))
         body = {
             "generation": generation.text,
@@ -654,6 +671,8 @@ class _BedrockRequestHandler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         # A mid-stream failure comes "after a few chunks", so the caller has seen deltas.
         fails = outcome.kind == "midstream"
+        factor = outcome.report_factor
+        prompt_tokens *= factor
         pieces = generation.pieces[:3] if fails else generation.pieces
         first_byte_latency = 0.0
         ending: str | None = None
@@ -669,7 +688,7 @@ class _BedrockRequestHandler(http.server.BaseHTTPRequestHandler):
                         {
                             "generation": piece,
                             "prompt_token_count": prompt_tokens if index == 0 else None,
-                            "generation_token_count": index + 1,
+                            "generation_token_count": (index + 1) * factor,
                             "stop_reason": None,
                         }
                     )
@@ -689,7 +708,7 @@ class _BedrockRequestHandler(http.server.BaseHTTPRequestHandler):
             else:
                 ending = "completed"
                 last_message = self._final_chunk(
-                    generation, prompt_tokens, started, first_byte_latency
+                    generation, prompt_tokens, started, first_byte_latency, factor
                 )
             self._write_chunk(last_message)
             # Counted before the terminating chunk, so a caller that has read the whole
@@ -703,9 +722,13 @@ class _BedrockRequestHandler(http.server.BaseHTTPRequestHandler):
 
     @staticmethod
     def _final_chunk(
-        generation: Generation, prompt_tokens: int, started: float, first_byte: float
+        generation: Generation,
+        prompt_tokens: int,
+        started: float,
+        first_byte: float,
+        factor: int = 1,
     ) -> bytes:
-        tokens = len(generation.pieces)
+        tokens = len(generation.pieces) * factor
         return eventstream.chunk_event(
             {
                 "generation": "",
@@ -945,6 +968,7 @@ def _argument_parser(defaults: ServerConfig) -> argparse.ArgumentParser:
     )
     parser.add_argument("--answer-tokens", type=int, default=defaults.answer_tokens)
     parser.add_argument("--hang-seconds", type=float, default=defaults.hang_seconds)
+    parser.add_argument("--overreport-rate", type=float, default=defaults.overreport_rate)
     parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
     return parser
 

@@ -150,7 +150,9 @@ def bedrock() -> Iterator[LocalBedrockServer]:
 def start_worker(bedrock: LocalBedrockServer) -> Iterator[Callable[..., ManagedProcess]]:
     workers: list[ManagedProcess] = []
 
-    def start(*, concurrency: int = 2, **extra_environment: str) -> ManagedProcess:
+    def start(
+        *, concurrency: int = 2, purge: bool = True, **extra_environment: str
+    ) -> ManagedProcess:
         environment = process_environment(
             BEDROCK_ENDPOINT_URL=bedrock.url,
             GENERATION_RETRY_BACKOFF_SECONDS="0.05",
@@ -161,7 +163,7 @@ def start_worker(bedrock: LocalBedrockServer) -> Iterator[Callable[..., ManagedP
         worker = start_process(
             [sys.executable, "-m", "celery", "-A", "config", "worker", "--loglevel=INFO",
              f"--concurrency={concurrency}", "--pool=prefork", "--without-gossip",
-             "--without-mingle", "--without-heartbeat", "--purge"],
+             "--without-mingle", "--without-heartbeat", *(["--purge"] if purge else [])],
             environment,
             "worker",
         )  # fmt: skip
