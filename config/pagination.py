@@ -67,6 +67,26 @@ class CheckedCursorPagination(CursorPagination):
     def _invalid(self) -> ValidationError:
         return ValidationError({self.cursor_query_param: [INVALID_CURSOR]})
 
+    def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
+        parameters = super().get_schema_operation_parameters(view)
+        for parameter in parameters:
+            if parameter["name"] == self.cursor_query_param:
+                parameter["description"] = (
+                    "The `cursor` of the `next` or `previous` link of an earlier page, as it "
+                    "is; anything else answers 400 `validation_error`."
+                )
+            elif parameter["name"] == self.page_size_query_param:
+                parameter["description"] = (
+                    f"Results per page, default {self.page_size}; larger values are cut to "
+                    f"{self.max_page_size}."
+                )
+                parameter["schema"] = {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": self.max_page_size,
+                }
+        return parameters
+
 
 class NewestFirstCursorPagination(CheckedCursorPagination):
     """Stable paging under concurrent inserts: cursors, not page numbers."""

@@ -12,6 +12,8 @@ from rest_framework import serializers
 from billing.selectors import usage_by_message
 from conversations.models import Conversation, Message, MessageRole
 from conversations.validators import validate_metadata
+from models_catalog.catalogue import BEDROCK_MAX_GEN_LEN
+from models_catalog.serializers import ModelIdField
 
 # Deeper metadata is refused before anything recurses through it (json.dumps, the database
 # adapter, the renderer), since Python's json gives up near its recursion limit with a 500.
@@ -53,7 +55,7 @@ class SamplingParameterField(serializers.DecimalField):
         return value.copy_abs() if value.is_zero() else value
 
 
-def _sampling_field(**kwargs: object) -> serializers.DecimalField:
+def _sampling_field(**kwargs: Any) -> serializers.DecimalField:
     return SamplingParameterField(
         max_digits=3,
         decimal_places=2,
@@ -64,36 +66,76 @@ def _sampling_field(**kwargs: object) -> serializers.DecimalField:
     )
 
 
-def _content_field(**kwargs: object) -> serializers.CharField:
+def _content_field(**kwargs: Any) -> serializers.CharField:
     # DRF's CharField already refuses NUL and lone surrogates, which databases cannot store.
     return serializers.CharField(
         max_length=settings.MESSAGE_MAX_CHARACTERS, trim_whitespace=False, **kwargs
     )
 
 
-class GenerationParametersInputSerializer(serializers.Serializer):
-    temperature = _sampling_field(required=False, allow_null=True)
-    top_p = _sampling_field(required=False, allow_null=True)
-    max_gen_len = serializers.IntegerField(
-        required=False, allow_null=True, min_value=1, help_text="Up to the model's cap."
+def _max_gen_len_field(**kwargs: Any) -> serializers.IntegerField:
+    # No model's cap is above Bedrock's; the service checks the model's own cap.
+    return serializers.IntegerField(
+        min_value=1,
+        max_value=BEDROCK_MAX_GEN_LEN,
+        help_text=(
+            "Tokens to generate at most: up to the model's cap (`max_gen_len_cap` in "
+            f"GET /models), at most {BEDROCK_MAX_GEN_LEN} for every model."
+        ),
+        **kwargs,
     )
 
 
+SAMPLING_HELP = "{name}: 0 to 1, at most two decimal places; null or absent: the {fallback}."
+METADATA_HELP = (
+    f"A JSON object of your own, at most {settings.METADATA_MAX_BYTES} bytes as JSON and "
+    f"{METADATA_MAX_DEPTH} levels deep; no NUL characters."
+)
+CONTENT_HELP = (
+    f"At most {settings.MESSAGE_MAX_CHARACTERS} characters, kept exactly as sent; no NUL "
+    "characters or unpaired surrogates."
+)
+
+
+class GenerationParametersInputSerializer(serializers.Serializer):
+    temperature = _sampling_field(
+        required=False,
+        allow_null=True,
+        help_text=SAMPLING_HELP.format(
+            name="Sampling temperature", fallback="conversation's or the model's default"
+        ),
+    )
+    top_p = _sampling_field(
+        required=False,
+        allow_null=True,
+        help_text=SAMPLING_HELP.format(
+            name="Nucleus sampling", fallback="conversation's or the model's default"
+        ),
+    )
+    max_gen_len = _max_gen_len_field(required=False, allow_null=True)
+
+
 class ConversationCreateInputSerializer(GenerationParametersInputSerializer):
-    model = serializers.CharField(max_length=100, help_text="A model id from GET /models.")
+    model = ModelIdField()
     title = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
-    system_prompt = _content_field(required=False, allow_blank=True, default="")
+    system_prompt = _content_field(
+        required=False, allow_blank=True, default="", help_text=CONTENT_HELP
+    )
     end_user = serializers.CharField(
         max_length=200, required=False, allow_null=True, default=None,
         help_text="Your own id for the person chatting; created on first use.",
     )  # fmt: skip
-    metadata = MetadataField(required=False, default=dict, validators=[validate_metadata])
+    metadata = MetadataField(
+        required=False, default=dict, validators=[validate_metadata], help_text=METADATA_HELP
+    )
 
 
 class ConversationUpdateInputSerializer(GenerationParametersInputSerializer):
     title = serializers.CharField(max_length=200, required=False, allow_blank=True)
-    system_prompt = _content_field(required=False, allow_blank=True)
-    metadata = MetadataField(required=False, validators=[validate_metadata])
+    system_prompt = _content_field(required=False, allow_blank=True, help_text=CONTENT_HELP)
+    metadata = MetadataField(
+        required=False, validators=[validate_metadata], help_text=METADATA_HELP
+    )
     is_archived = serializers.BooleanField(required=False)
 
 
@@ -127,7 +169,7 @@ class ConversationOutputSerializer(serializers.ModelSerializer):
 
 
 class MessageCreateInputSerializer(GenerationParametersInputSerializer):
-    content = _content_field(allow_blank=False)
+    content = _content_field(allow_blank=False, help_text=f"{CONTENT_HELP} Not only white space.")
     mode = serializers.ChoiceField(
         choices=["async", "sync"],
         default="async",
@@ -219,7 +261,7 @@ class TurnOutputSerializer(serializers.Serializer):
 
 
 class ContextQuerySerializer(serializers.Serializer):
-    max_gen_len = serializers.IntegerField(required=False, min_value=1)
+    max_gen_len = _max_gen_len_field(required=False)
 
 
 class ContextOutputSerializer(serializers.Serializer):

@@ -6,15 +6,20 @@ Prices are not here: they are effective-dated data in billing.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 
 LLAMA2 = "llama2"
 LLAMA3 = "llama3"
 
+# Bedrock's largest max_gen_len for every Meta text model: no model's cap may exceed it.
+BEDROCK_MAX_GEN_LEN = 2048
 # Cross-region inference profiles put a geography before the model id.
 INFERENCE_PROFILE_PREFIXES = ("us", "eu", "apac", "us-gov")
 _SEED_VERSION_SPELLING = re.compile(r"-v(\d)(\d)$")
+_BEDROCK_VERSION_SPELLING = re.compile(r"-v(\d):(\d)$")
+_MODEL_ID_CHARACTERS = re.compile(r"[a-z0-9.:-]+")
 
 
 @dataclass(frozen=True)
@@ -24,7 +29,7 @@ class CatalogueEntry:
     family: str
     context_window: int
     accepts_images: bool = False
-    max_gen_len_cap: int = 2048
+    max_gen_len_cap: int = BEDROCK_MAX_GEN_LEN
     default_max_gen_len: int = 512
     default_temperature: Decimal = Decimal("0.50")
     default_top_p: Decimal = Decimal("0.90")
@@ -80,3 +85,21 @@ def resolve_model_id(raw_id: str) -> ResolvedModelId:
     # Seed documents write `...-instruct-v10` for Bedrock's `...-instruct-v1:0`.
     text = _SEED_VERSION_SPELLING.sub(r"-v\1:\2", text)
     return ResolvedModelId(model_id=text, invocation_id=f"{profile_prefix}{text}")
+
+
+def accepted_model_id_pattern(model_ids: Iterable[str]) -> str:
+    """A regular expression matching exactly the spellings of these ids that
+    resolve_model_id accepts (less surrounding white space), for the OpenAPI schema.
+
+    Only `.` needs escaping in our ids, and escaping nothing else keeps the pattern valid in
+    the ECMAScript dialect OpenAPI tools use.
+    """
+    alternatives = []
+    for model_id in model_ids:
+        if not _MODEL_ID_CHARACTERS.fullmatch(model_id):
+            raise ValueError(f"unexpected characters in model id {model_id!r}")
+        escaped = model_id.replace(".", r"\.")
+        # The seed documents' `-v10` for Bedrock's `-v1:0`.
+        alternatives.append(_BEDROCK_VERSION_SPELLING.sub(r"-v\1(?::\2|\2)", escaped))
+    profiles = "|".join(prefix for prefix in INFERENCE_PROFILE_PREFIXES)
+    return rf"^(?:(?:{profiles})\.)?(?:{'|'.join(alternatives)})$"

@@ -5,7 +5,7 @@ from decimal import Decimal
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
-BEDROCK_MAX_GEN_LEN = 2048
+from models_catalog.catalogue import BEDROCK_MAX_GEN_LEN
 
 
 class PromptFamily(models.TextChoices):

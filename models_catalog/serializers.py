@@ -1,7 +1,15 @@
+from typing import Any
+
 from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from models_catalog.catalogue import (
+    CATALOGUE,
+    INFERENCE_PROFILE_PREFIXES,
+    LLAMA3,
+    accepted_model_id_pattern,
+)
 from models_catalog.models import FoundationModel
 
 
@@ -51,3 +59,31 @@ class FoundationModelOutputSerializer(serializers.ModelSerializer):
                 "effective_from": model.price_effective_from,
             }
         ).data
+
+
+CATALOGUE_MODEL_IDS = [entry.model_id for entry in CATALOGUE]
+
+
+@extend_schema_field(
+    {
+        "type": "string",
+        "maxLength": 100,
+        "pattern": accepted_model_id_pattern(CATALOGUE_MODEL_IDS),
+        "example": next(entry.model_id for entry in CATALOGUE if entry.family == LLAMA3),
+    }
+)
+class ModelIdField(serializers.CharField):
+    """A model id in a request. The schema states the catalogue's ids in every spelling
+    resolve_model_id accepts; the service resolves it and refuses an inactive one."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("max_length", 100)
+        kwargs.setdefault(
+            "help_text",
+            "A model id from GET /models: "
+            + ", ".join(f"`{model_id}`" for model_id in CATALOGUE_MODEL_IDS)
+            + ". Each may carry a cross-region inference profile prefix ("
+            + ", ".join(f"`{prefix}.`" for prefix in INFERENCE_PROFILE_PREFIXES)
+            + "), and `…-v1:0` may be written `…-v10`.",
+        )
+        super().__init__(**kwargs)
