@@ -77,7 +77,8 @@ ACCEPTABLE_STATUSES = frozenset({200, 201, 202, 204, 400, 402, 404, 409, 429})
 def flaky_bedrock() -> Iterator[LocalBedrockServer]:
     with LocalBedrockServer(
         seed=BASE_SEED,
-        seconds_per_token=0.002,
+        time_to_first_token_seconds=0.01,
+        seconds_per_token=0.008,
         throttle_rate=0.15,
         midstream_failure_rate=0.1,
         overreport_rate=0.1,
@@ -197,7 +198,7 @@ def _setup(schedule: Schedule, rng: random.Random) -> None:
             managed_by=ManagedBy.OPERATOR,
             max_concurrent=rng.randint(1, 3),
             requests_per_minute=rng.randint(6, 30),
-            tokens_per_minute=rng.randint(2_000, 60_000),
+            tokens_per_minute=rng.randint(1_000, 20_000),
         )
         schedule.actors.append(
             Actor(
@@ -225,8 +226,9 @@ def _new_conversation(schedule: Schedule, rng: random.Random, actor: Actor) -> N
 
 
 def _post_message(schedule: Schedule, rng: random.Random, actor: Actor) -> None:
-    if not actor.conversations:
+    if not actor.conversations or rng.random() < 0.3:
         _new_conversation(schedule, rng, actor)
+    if not actor.conversations:
         return
     body: dict[str, Any] = {
         "content": rng.choice(["Hello!", "Tell me about llamas. " * rng.randint(1, 40)]),
@@ -271,7 +273,8 @@ def _cancel(schedule: Schedule, rng: random.Random, actor: Actor) -> None:
     if not actor.answers:
         return
     time.sleep(rng.random() * 0.05)  # land anywhere: queued, mid-stream, or after the end
-    answer = rng.choice(actor.answers)
+    # Mostly the newest answer, which is the one likeliest still in flight.
+    answer = actor.answers[-1] if rng.random() < 0.7 else rng.choice(actor.answers)
     schedule.request(rng, actor, "POST", f"/api/v1/messages/{answer}/cancel")
 
 
@@ -305,7 +308,7 @@ OPERATIONS: list[tuple[Callable[..., None], int]] = [
     (_post_message, 8),
     (_patch_conversation, 2),
     (_delete_conversation, 1),
-    (_cancel, 3),
+    (_cancel, 4),
     (_edit_budget, 1),
     (_change_price, 1),
 ]
