@@ -91,6 +91,8 @@ MODEL_ID = "meta.llama3-1-8b-instruct-v1:0"
 MAX_GEN_LEN = 512
 CONTENT = "Summarise our refund policy for a customer who bought the annual plan last week."
 RESERVE_PROMPT_TOKENS = 27  # what CONTENT makes as a first turn (Llama 3 format)
+# The frozen prompt a reservation stores: about what a first turn with CONTENT sends.
+FROZEN_PROMPT = "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n" + CONTENT
 BENCH_DATABASE = "bench_governance"
 WARM_UP_OPERATIONS = 3
 MODES = ("reserve", "turn")
@@ -229,7 +231,12 @@ class Client:
         the budget row lock (None without a budget)."""
         from django.db import transaction
 
-        from billing.services import CallScope, reservation_create, reservation_release
+        from billing.services import (
+            CallScope,
+            FrozenCall,
+            reservation_create,
+            reservation_release,
+        )
         from conversations.services.conversations import user_message_create
 
         if mode == "turn":
@@ -252,9 +259,16 @@ class Client:
                             tenant_id=self.tenant.pk, end_user_id=None, model_id=self.model.pk
                         ),
                         message_id=answer.pk,
+                        conversation_id=answer.conversation_id,
                         model=self.model,
-                        prompt_tokens=RESERVE_PROMPT_TOKENS,
-                        max_gen_len=MAX_GEN_LEN,
+                        call=FrozenCall(
+                            bedrock_model_id=self.model.model_id,
+                            prompt=FROZEN_PROMPT,
+                            prompt_tokens=RESERVE_PROMPT_TOKENS,
+                            max_gen_len=MAX_GEN_LEN,
+                            temperature=Decimal("0.5"),
+                            top_p=Decimal("0.9"),
+                        ),
                     )
                 return answer.pk
 

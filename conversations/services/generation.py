@@ -285,6 +285,10 @@ def generation_fail(
             reservation_release(
                 message_id=message_id, reason=release_reason or MessageStatus.FAILED
             )
+            # Attempts that left no provider row (their worker died, or our own code failed
+            # mid-call) still cost us; record them before the answer is final for good.
+            attempts = Message.objects.filter(pk=message_id).values_list("attempt_count", flat=True)
+            provider_lost_attempts_record(message_id=message_id, before_attempt=attempts[0] + 1)
             # Tell stream readers only once the failure is committed (the caller's
             # transaction may be the outer one).
             transaction.on_commit(lambda: _publish_final(Message.objects.get(pk=message_id)))

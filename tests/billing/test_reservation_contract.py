@@ -251,3 +251,19 @@ def test_every_attempt_enters_the_provider_ledger_once_and_lost_ones_at_the_wors
         assert (lost.input_tokens, lost.output_tokens) == (reservation.prompt_tokens, 50)
         assert lost.cost == reservation.amount
     assert reservation.status == ReservationStatus.OPEN  # the provider ledger charges no one
+
+
+def test_an_answer_failed_after_its_worker_died_leaves_the_lost_attempt_in_the_provider_ledger(
+    tenant,
+) -> None:
+    from conversations.services.generation import generation_fail
+
+    turn = send_turn(tenant)
+    # Claimed by a worker that then died mid-call (as the expiry check finds it).
+    Message.objects.filter(pk=turn.answer.pk).update(status=MessageStatus.RUNNING, attempt_count=1)
+    with transaction.atomic():
+        assert generation_fail(message_id=turn.answer.pk, code="expired", message="gone")
+    lost = ProviderAttempt.objects.get(message_id=turn.answer.pk)
+    assert (lost.attempt, lost.outcome, lost.counts_reported) == (1, AttemptOutcome.LOST, False)
+    assert Reservation.objects.get(message_id=turn.answer.pk).status == ReservationStatus.RELEASED
+    assert not UsageRecord.objects.filter(message_id=turn.answer.pk).exists()
