@@ -277,6 +277,9 @@ METRICS_TOKEN = read_secret("METRICS_TOKEN", "")
 # with TRUSTED_PROXY_COUNT proxies in front, the X-Forwarded-For entry that many from the
 # right (0: never trust the header; config/web_server.py keeps uvicorn from trusting it).
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("MAX_REQUEST_BODY_BYTES", default=4 * 1024 * 1024)
+# Django's ASGI handler holds a body in memory up to this size and spools the rest to a temp
+# file; a body we accept is read into memory whole anyway, so none is ever written to disk.
+FILE_UPLOAD_MAX_MEMORY_SIZE = DATA_UPLOAD_MAX_MEMORY_SIZE
 AUTH_FAILURE_LIMIT = env.int("AUTH_FAILURE_LIMIT", default=20)
 AUTH_FAILURE_WINDOW_SECONDS = env.int("AUTH_FAILURE_WINDOW_SECONDS", default=60)
 TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", default=0)
