@@ -54,6 +54,7 @@ INSTALLED_APPS = [
     "models_catalog",
     "conversations",
     "billing",
+    "idempotency",
 ]
 
 MIDDLEWARE = [
@@ -142,7 +143,15 @@ CELERY_BEAT_SCHEDULE = {
         "task": "conversations.tasks.expire_stale_generations",
         "schedule": env.float("RESERVATION_EXPIRY_CHECK_SECONDS", default=60.0),
     },
+    "purge-expired-idempotency-records": {
+        "task": "idempotency.tasks.purge_expired_idempotency_records",
+        "schedule": 3600.0,
+    },
 }
+# Idempotency-Key (idempotency/): how long a key is kept, and how long a duplicate waits for
+# the request that holds its key before answering 409 idempotency_in_progress.
+IDEMPOTENCY_KEY_TTL_SECONDS = env.int("IDEMPOTENCY_KEY_TTL_SECONDS", default=86_400)
+IDEMPOTENCY_WAIT_SECONDS = env.float("IDEMPOTENCY_WAIT_SECONDS", default=30.0)
 # Budget alert webhooks
 WEBHOOK_TIMEOUT_SECONDS = env.float("WEBHOOK_TIMEOUT_SECONDS", default=10.0)
 WEBHOOK_MAX_RETRIES = env.int("WEBHOOK_MAX_RETRIES", default=8)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.db.models import QuerySet
 from django.urls import reverse
@@ -37,10 +39,16 @@ from conversations.services.conversations import (
     user_message_create,
 )
 from conversations.services.generation import answer_wait
-
-GENERATION_IN_PROGRESS = error_response(
-    "The previous answer is still queued or running (`generation_in_progress`)."
+from idempotency.http import (
+    IDEMPOTENCY_KEY_PARAMETER,
+    IDEMPOTENCY_RESPONSES,
+    fingerprint_of,
+    idempotency_key_of,
+    json_value,
 )
+from idempotency.models import IdempotencyRecord, IdempotencyStatus
+from idempotency.services import Decision, idempotency_complete, idempotent_execute
+
 CONTEXT_OVERFLOW = error_response(
     "The system prompt and the newest message do not fit the model's window "
     "with max_gen_len (`context_overflow`; details hold the numbers)."
@@ -77,27 +85,49 @@ class ConversationListCreateApi(ConversationScopedView):
     @extend_schema(
         operation_id="conversations_create",
         request=ConversationCreateInputSerializer,
-        responses={201: ConversationOutputSerializer},
+        parameters=[IDEMPOTENCY_KEY_PARAMETER],
+        responses={201: ConversationOutputSerializer, **IDEMPOTENCY_RESPONSES},
         summary="Start a conversation with a model",
     )
     def post(self, request: Request) -> Response:
+        key = idempotency_key_of(request)
+        fingerprint = fingerprint_of(request) if key else ""
         serializer = ConversationCreateInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        conversation = conversation_create(
-            tenant=request.tenant,
-            model_id=data["model"],
-            end_user_external_id=data["end_user"],
-            title=data["title"],
-            system_prompt=data["system_prompt"],
-            temperature=data.get("temperature"),
-            top_p=data.get("top_p"),
-            max_gen_len=data.get("max_gen_len"),
-            metadata=data["metadata"],
-        )
-        return Response(
-            ConversationOutputSerializer(conversation).data, status=status.HTTP_201_CREATED
-        )
+
+        def create() -> tuple[Conversation, Decision]:
+            conversation = conversation_create(
+                tenant=request.tenant,
+                model_id=data["model"],
+                end_user_external_id=data["end_user"],
+                title=data["title"],
+                system_prompt=data["system_prompt"],
+                temperature=data.get("temperature"),
+                top_p=data.get("top_p"),
+                max_gen_len=data.get("max_gen_len"),
+                metadata=data["metadata"],
+            )
+            body = json_value(ConversationOutputSerializer(conversation).data)
+            return conversation, Decision(
+                resource_id=conversation.pk, response_status=201, response_body=body
+            )
+
+        if key is None:
+            _, decision = create()
+        else:
+            record = idempotent_execute(
+                tenant=request.tenant,
+                key=key,
+                method=request.method,
+                path=request.path,
+                fingerprint=fingerprint,
+                execute=create,
+            ).record
+            decision = Decision(
+                response_status=record.response_status, response_body=record.response_body
+            )
+        return Response(decision.response_body, status=decision.response_status)
 
 
 class ConversationDetailApi(ConversationScopedView):
@@ -156,7 +186,9 @@ class ConversationMessagesApi(ConversationScopedView):
     @extend_schema(
         operation_id="conversation_messages_create",
         request=MessageCreateInputSerializer,
+        parameters=[IDEMPOTENCY_KEY_PARAMETER],
         responses={
+            **IDEMPOTENCY_RESPONSES,
             201: TurnOutputSerializer,
             202: TurnOutputSerializer,
             400: CONTEXT_OVERFLOW,
@@ -164,31 +196,80 @@ class ConversationMessagesApi(ConversationScopedView):
                 "A hard budget could be crossed by this call's worst case "
                 "(`budget_exceeded`; details: limit, spent, reserved, period end)."
             ),
-            409: GENERATION_IN_PROGRESS,
+            409: error_response(
+                "The previous answer is still queued or running (`generation_in_progress`), "
+                "or a request with the same Idempotency-Key is still being decided "
+                "(`idempotency_in_progress`; see Retry-After)."
+            ),
             429: error_response("A quota is used up (`quota_exceeded`; see Retry-After)."),
             503: error_response("The model has no price in force (`model_not_priced`)."),
         },
         summary="Add a user turn; the assistant's answer is generated by a worker",
     )
     def post(self, request: Request, conversation_id: str) -> Response:
+        key = idempotency_key_of(request)
+        fingerprint = fingerprint_of(request) if key else ""
         conversation = self.get_object()
         serializer = MessageCreateInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         mode = serializer.validated_data.pop("mode")
-        turn = user_message_create(conversation=conversation, **serializer.validated_data)
-        answer = turn.answer
-        if mode == "sync":
-            answer = answer_wait(
-                message=answer, timeout_seconds=settings.GENERATION_SYNC_WAIT_SECONDS
+        if key is None:
+            turn = user_message_create(conversation=conversation, **serializer.validated_data)
+            body = _turn_body(turn.message, turn.answer, turn.context)
+            return _turn_response(body, turn.answer, mode)
+
+        def send() -> tuple[Message, Decision]:
+            turn = user_message_create(conversation=conversation, **serializer.validated_data)
+            body = json_value(_turn_body(turn.message, turn.answer, turn.context))
+            # A sync request's final response waits for the answer: stored once it is known.
+            return turn.answer, Decision(
+                resource_id=turn.answer.pk,
+                response_status=status.HTTP_202_ACCEPTED,
+                response_body=body,
+                final=mode != "sync",
             )
-        body = {
-            "user_message": MessageOutputSerializer(turn.message).data,
-            "assistant_message": MessageOutputSerializer(answer).data,
-            "context": context_describe(turn.context, include_prompt=False),
-            "stream_url": reverse("message-stream", kwargs={"message_id": answer.pk}),
-        }
-        done = answer.status not in (MessageStatus.QUEUED, MessageStatus.RUNNING)
-        return Response(body, status=status.HTTP_201_CREATED if done else status.HTTP_202_ACCEPTED)
+
+        record = idempotent_execute(
+            tenant=request.tenant,
+            key=key,
+            method=request.method,
+            path=request.path,
+            fingerprint=fingerprint,
+            execute=send,
+        ).record
+        return _turn_replay(record, mode)
+
+
+def _turn_body(message: Message, answer: Message, context: Any) -> dict[str, Any]:
+    return {
+        "user_message": MessageOutputSerializer(message).data,
+        "assistant_message": MessageOutputSerializer(answer).data,
+        "context": context_describe(context, include_prompt=False),
+        "stream_url": reverse("message-stream", kwargs={"message_id": answer.pk}),
+    }
+
+
+def _turn_response(body: dict[str, Any], answer: Message, mode: str) -> Response:
+    if mode == "sync":
+        answer = answer_wait(message=answer, timeout_seconds=settings.GENERATION_SYNC_WAIT_SECONDS)
+        body = {**body, "assistant_message": MessageOutputSerializer(answer).data}
+    done = answer.status not in (MessageStatus.QUEUED, MessageStatus.RUNNING)
+    return Response(body, status=status.HTTP_201_CREATED if done else status.HTTP_202_ACCEPTED)
+
+
+def _turn_replay(record: IdempotencyRecord, mode: str) -> Response:
+    """The response of an idempotent turn: stored, or (sync, answer pending) waited for."""
+    if record.status == IdempotencyStatus.COMPLETED:
+        return Response(record.response_body, status=record.response_status)
+    answer = Message.objects.filter(pk=record.resource_id).first()
+    if answer is None:  # deleted with its conversation meanwhile
+        return Response(record.response_body, status=record.response_status)
+    response = _turn_response(record.response_body, answer, mode)
+    if response.status_code == status.HTTP_201_CREATED:
+        idempotency_complete(
+            record=record, response_status=response.status_code, body=json_value(response.data)
+        )
+    return response
 
 
 class ConversationContextApi(ConversationScopedView):
