@@ -21,7 +21,9 @@ from config.errors import error_body, json_error_response
 
 logger = logging.getLogger(__name__)
 
-API_PREFIX = "/api/"
+# Our own API and the OpenAI-compatible surface (openai_api), whose errors
+# openai_api.errors.OpenAIErrorShapeMiddleware then reshapes.
+API_PREFIXES = ("/api/", "/v1/")
 ERROR_MESSAGES = {
     404: "No such endpoint.",
     405: "Method not allowed on this endpoint.",
@@ -106,7 +108,7 @@ class ApiJsonErrorMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        if not request.path.startswith(API_PREFIX):
+        if not request.path.startswith(API_PREFIXES):
             return self.get_response(request)
         try:
             refusal = _refusal(request)
@@ -136,7 +138,7 @@ class ApiJsonErrorMiddleware:
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         # Even with DEBUG on, an API client gets JSON, never the technical HTML page.
-        if not request.path.startswith(API_PREFIX) or isinstance(exception, CLIENT_ERRORS):
+        if not request.path.startswith(API_PREFIXES) or isinstance(exception, CLIENT_ERRORS):
             return None
         logger.exception("Unhandled error outside an API view", exc_info=exception)
         return json_error_response(500, ERROR_MESSAGES[500])

@@ -55,12 +55,15 @@ INSTALLED_APPS = [
     "conversations",
     "billing",
     "idempotency",
+    "openai_api",
 ]
 
 MIDDLEWARE = [
     "config.request_context.request_context_middleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    # Outside ApiJsonErrorMiddleware: gives /v1/ errors OpenAI's shape, its refusals included.
+    "openai_api.errors.OpenAIErrorShapeMiddleware",
     "config.middleware.ApiJsonErrorMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -147,11 +150,22 @@ CELERY_BEAT_SCHEDULE = {
         "task": "idempotency.tasks.purge_expired_idempotency_records",
         "schedule": 3600.0,
     },
+    "purge-finished-openai-calls": {
+        "task": "openai_api.tasks.purge_finished_stateless_calls",
+        "schedule": 3600.0,
+    },
 }
 # Idempotency-Key (idempotency/): how long a key is kept, and how long a duplicate waits for
 # the request that holds its key before answering 409 idempotency_in_progress.
 IDEMPOTENCY_KEY_TTL_SECONDS = env.int("IDEMPOTENCY_KEY_TTL_SECONDS", default=86_400)
 IDEMPOTENCY_WAIT_SECONDS = env.float("IDEMPOTENCY_WAIT_SECONDS", default=30.0)
+# OpenAI-compatible surface (openai_api/): how long a non-streaming completion waits for its
+# answer, and how long the hidden record of a call without `conversation` is kept once its
+# answer is final (at least the idempotency window, so retries still find it).
+OPENAI_COMPLETION_TIMEOUT_SECONDS = env.float("OPENAI_COMPLETION_TIMEOUT_SECONDS", default=600.0)
+OPENAI_STATELESS_RETENTION_SECONDS = env.int(
+    "OPENAI_STATELESS_RETENTION_SECONDS", default=IDEMPOTENCY_KEY_TTL_SECONDS
+)
 # Budget alert webhooks
 WEBHOOK_TIMEOUT_SECONDS = env.float("WEBHOOK_TIMEOUT_SECONDS", default=10.0)
 WEBHOOK_MAX_RETRIES = env.int("WEBHOOK_MAX_RETRIES", default=8)

@@ -16,6 +16,8 @@ urlpatterns = [
     path("readyz", health.readyz, name="readyz"),
     path("metrics", metrics.metrics_view, name="metrics"),
     path("api/v1/", include(api_v1)),
+    # OpenAI-compatible: clients set base_url to http://HOST:PORT/v1 (openai_api).
+    path("v1/", include("openai_api.urls")),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("admin/", admin.site.urls),
 ]

@@ -99,6 +99,11 @@ class Conversation(models.Model):
     max_gen_len = models.PositiveIntegerField(null=True, blank=True)
     metadata = models.JSONField(default=dict, blank=True)
     is_archived = models.BooleanField(default=False)
+    ephemeral = models.BooleanField(
+        default=False,
+        help_text="Holds one call of the OpenAI-compatible surface made without `conversation`: "
+        "never listed or served to the tenant, purged once its answer is final and old.",
+    )
     # Sequence numbers of messages are handed out from here under a row lock.
     last_sequence = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)

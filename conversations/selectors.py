@@ -10,7 +10,11 @@ from conversations.models import Conversation, Message, Tenant
 def conversation_list(
     *, tenant: Tenant, end_user_external_id: str | None = None, archived: bool | None = None
 ) -> QuerySet[Conversation]:
-    conversations = Conversation.objects.filter(tenant=tenant).select_related("model", "end_user")
+    # Ephemeral conversations hold OpenAI-surface calls without `conversation`: the tenant
+    # stored nothing there, so they never show (their ledger entries do).
+    conversations = Conversation.objects.filter(tenant=tenant, ephemeral=False).select_related(
+        "model", "end_user"
+    )
     if end_user_external_id is not None:
         conversations = conversations.filter(end_user__external_id=end_user_external_id)
     if archived is not None:
@@ -19,4 +23,4 @@ def conversation_list(
 
 
 def message_list(*, tenant: Tenant) -> QuerySet[Message]:
-    return Message.objects.filter(tenant=tenant)
+    return Message.objects.filter(tenant=tenant, conversation__ephemeral=False)

@@ -12,6 +12,8 @@ from drf_spectacular.validation import validate_schema
 from models_catalog.catalogue import CATALOGUE, resolve_model_id
 
 ERROR_REF = "#/components/schemas/ErrorResponse"
+# The OpenAI-compatible surface answers OpenAI's error shape (openai_api.errors).
+OPENAI_ERROR_REF = "#/components/schemas/OpenAIErrorResponse"
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +52,30 @@ def test_every_operation_documents_its_errors(schema: dict) -> None:
             expected |= {"400", "415"}
         if "{" in path:
             expected.add("404")
+        reference = OPENAI_ERROR_REF if path.startswith("/v1/") else ERROR_REF
         for status_code in expected:
-            assert error_ref(operation, status_code) == ERROR_REF, (path, method, status_code)
+            assert error_ref(operation, status_code) == reference, (path, method, status_code)
+
+
+def test_schema_covers_the_openai_compatible_surface(schema: dict) -> None:
+    assert {"/v1/chat/completions", "/v1/models", "/v1/models/{model_id}"} <= set(schema["paths"])
+    create = schema["paths"]["/v1/chat/completions"]["post"]
+    assert {"200", "400", "401", "402", "404", "409", "422", "429"} <= set(create["responses"])
+    assert "text/event-stream" in create["responses"]["200"]["content"]
+    error = schema["components"]["schemas"]["OpenAIErrorDetail"]
+    assert set(error["properties"]) == {"message", "type", "param", "code"}
+
+
+def test_idempotency_key_is_documented_on_idempotent_writes(schema: dict) -> None:
+    for path in (
+        "/api/v1/conversations",
+        "/api/v1/conversations/{conversation_id}/messages",
+        "/v1/chat/completions",
+    ):
+        operation = schema["paths"][path]["post"]
+        headers = [p["name"] for p in operation["parameters"] if p["in"] == "header"]
+        assert headers == ["Idempotency-Key"], path
+        assert {"409", "422"} <= set(operation["responses"]), path
 
 
 def test_error_component_is_the_error_format(schema: dict) -> None:
