@@ -7,16 +7,18 @@ are made with stream=true and left unread, or through the service itself.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from django.utils import timezone
 
 from billing.limits import budget_create, quota_create
 from billing.models import BudgetPeriod, ManagedBy, Reservation
 from conversations.models import Conversation, Message, MessageStatus
 from conversations.services.conversations import conversation_create
 from openai_api.parsing import chat_completion_parse
-from openai_api.services import chat_completion_create
+from openai_api.services import chat_completion_create, stateless_calls_purge
 from tests.conftest import tiny_model
 
 MODEL = "meta.llama3-1-8b-instruct-v1:0"
@@ -240,3 +242,19 @@ def test_a_retry_with_the_same_key_reattaches_to_the_same_answer(owner_client) -
         "validation_error",
         "Idempotency-Key",
     )
+
+
+def test_finished_stateless_calls_are_purged_and_their_money_stays(owner_tenant, settings) -> None:
+    settings.OPENAI_STATELESS_RETENTION_SECONDS = 60
+    chat = chat_completion_parse({"model": MODEL, "messages": QUESTION})
+    finished = chat_completion_create(tenant=owner_tenant, chat=chat)
+    in_flight = chat_completion_create(tenant=owner_tenant, chat=chat)
+    Message.objects.filter(pk=finished.pk).update(status=MessageStatus.COMPLETED)
+    an_hour_ago = timezone.now() - timedelta(hours=1)
+    Conversation.objects.update(created_at=an_hour_ago)
+
+    assert stateless_calls_purge() == 1
+    assert not Message.objects.filter(pk=finished.pk).exists()
+    assert Message.objects.filter(pk=in_flight.pk).exists()  # never while in flight
+    assert Reservation.objects.count() == 2  # money never cascades
+    assert stateless_calls_purge() == 0
