@@ -179,7 +179,7 @@ def lock_clock_install() -> None:
     import conversations.services.conversations as conversation_services
 
     # The turn's enqueue runs on commit: the no-op that replaces it reads the clock.
-    conversation_services._enqueue_generation = lambda answer: lock_released()
+    conversation_services.generation_enqueue = lambda **_: lock_released()
     if connection.vendor != "postgresql":
         return  # SQLite locks the whole database from BEGIN: there is no row lock to time
     original = services.budget_state

@@ -6,6 +6,8 @@ import logging
 import traceback
 from typing import Any
 
+import kombu.exceptions
+import redis
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -18,6 +20,9 @@ from rest_framework.views import exception_handler as drf_default_exception_hand
 from config.errors import CODE_FOR_DRF_EXCEPTION, ApplicationError, code_for_status, error_body
 
 logger = logging.getLogger(__name__)
+
+DEPENDENCY_ERRORS = (redis.RedisError, kombu.exceptions.OperationalError)
+DEPENDENCY_RETRY_AFTER_SECONDS = 5
 
 
 def _drf_exception_message(exception: drf_exceptions.APIException) -> str:
@@ -52,6 +57,18 @@ def api_exception_handler(exception: Exception, context: dict[str, Any]) -> Resp
             error_body(exception.code, exception.message, exception.details),
             status=exception.http_status,
             headers=exception.headers,
+        )
+    if isinstance(exception, DEPENDENCY_ERRORS):
+        # Redis (the broker, counters and streams) away: the request can be retried as it
+        # is, and nothing was stored (its transaction did not commit).
+        logger.warning("Dependency unavailable in API view: %r", exception)
+        return Response(
+            error_body(
+                "service_unavailable",
+                "A service this request needs is briefly unavailable; retry shortly.",
+            ),
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": str(DEPENDENCY_RETRY_AFTER_SECONDS)},
         )
     if isinstance(exception, RequestDataTooBig):
         return Response(

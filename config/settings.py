@@ -9,6 +9,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import environ
+from kombu import Queue
 
 from config.env import (
     DEFAULT_SECRET_KEY,
@@ -108,6 +109,18 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         transaction_mode="IMMEDIATE",
         init_command="PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     )
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # A bounded pool per process (psycopg_pool): a flood of requests waits for one of
+    # DATABASE_POOL_MAX_SIZE connections instead of opening one each and exhausting the
+    # server's max_connections for every other process. Pooling replaces CONN_MAX_AGE.
+    DATABASE_POOL_MAX_SIZE = env.int("DATABASE_POOL_MAX_SIZE", default=40)
+    if DATABASE_POOL_MAX_SIZE > 0:
+        DATABASES["default"]["CONN_MAX_AGE"] = 0
+        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+            "min_size": 0,
+            "max_size": DATABASE_POOL_MAX_SIZE,
+            "timeout": env.float("DATABASE_POOL_TIMEOUT_SECONDS", default=10.0),
+        }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Redis: broker, stream bus and rate counters. The run command starts an embedded Redis
@@ -131,8 +144,15 @@ CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 # With late acks a task whose whole worker died comes back after this long; it must be
 # longer than the longest generation, or a slow answer would be handed to a second worker.
 CELERY_VISIBILITY_TIMEOUT_SECONDS = env.int("CELERY_VISIBILITY_TIMEOUT_SECONDS", default=900)
+# Publishing a task must fail fast when Redis is away (the API then answers 503), not hang
+# a request in kombu's default retries.
+CELERY_TASK_PUBLISH_RETRY_POLICY = {
+    "max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2,
+}  # fmt: skip
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": CELERY_VISIBILITY_TIMEOUT_SECONDS,
+    "socket_timeout": REDIS_SOCKET_TIMEOUT_SECONDS,
+    "socket_connect_timeout": REDIS_SOCKET_TIMEOUT_SECONDS,
     # kombu looks for abandoned tasks every interval x throttle seconds (10 x 10 by
     # default): without these a dead worker's task waits up to ~100 s past the timeout.
     "unacked_restore_interval": max(1, min(10, CELERY_VISIBILITY_TIMEOUT_SECONDS // 2)),
@@ -178,6 +198,29 @@ GENERATION_RETRY_BACKOFF_MAX_SECONDS = env.float(
 )
 GENERATION_SYNC_WAIT_SECONDS = env.float("GENERATION_SYNC_WAIT_SECONDS", default=60.0)
 GENERATION_CANCEL_CHECK_SECONDS = 0.25
+# The database is the truth about work: a running answer holds a lease its worker renews
+# every GENERATION_LEASE_RENEW_SECONDS; the sweeper (every GENERATION_SWEEP_SECONDS) hands
+# back answers whose lease lapsed (a dead worker) and queued answers not claimed within
+# GENERATION_REQUEUE_AFTER_SECONDS (a task lost with Redis), so nothing waits for the
+# broker's visibility timeout or the reservation expiry.
+GENERATION_LEASE_SECONDS = env.float("GENERATION_LEASE_SECONDS", default=30.0)
+GENERATION_LEASE_RENEW_SECONDS = env.float("GENERATION_LEASE_RENEW_SECONDS", default=5.0)
+GENERATION_SWEEP_SECONDS = env.float("GENERATION_SWEEP_SECONDS", default=10.0)
+GENERATION_REQUEUE_AFTER_SECONDS = env.float("GENERATION_REQUEUE_AFTER_SECONDS", default=30.0)
+# Fair share: each tenant's answers go to one of these queues (tenant id modulo the count),
+# which workers serve round-robin; and a tenant has at most this many answers running at
+# once across all workers (0: no cap), so one tenant's backlog is not everyone's queue.
+GENERATION_QUEUE_SHARDS = env.int("GENERATION_QUEUE_SHARDS", default=16)
+GENERATION_TENANT_MAX_RUNNING = env.int("GENERATION_TENANT_MAX_RUNNING", default=8)
+CELERY_TASK_DEFAULT_QUEUE = "celery"
+CELERY_TASK_QUEUES = [
+    Queue("celery"),
+    *(Queue(f"generation.{shard}") for shard in range(GENERATION_QUEUE_SHARDS)),
+]
+CELERY_BEAT_SCHEDULE["sweep-generations"] = {
+    "task": "conversations.tasks.sweep_generations",
+    "schedule": GENERATION_SWEEP_SECONDS,
+}
 ANSWER_STREAM_TTL_SECONDS = env.int("ANSWER_STREAM_TTL_SECONDS", default=3600)
 ANSWER_STREAM_MAX_EVENTS = env.int("ANSWER_STREAM_MAX_EVENTS", default=20_000)
 SSE_HEARTBEAT_SECONDS = env.float("SSE_HEARTBEAT_SECONDS", default=15.0)

@@ -72,20 +72,35 @@ def decode_entry(entry_id: bytes | str, fields: dict[bytes, bytes]) -> StreamEnt
 def read_until_final(
     message_id: uuid.UUID | str, *, timeout_seconds: float, after: str = "0-0"
 ) -> Iterator[StreamEntry]:
-    """Blocking reader for a web thread (sync mode): yields entries up to a final one."""
+    """Blocking reader for a web thread (sync mode): yields entries up to a final one.
+
+    It reads on a connection of its own, outside the shared pool, so any number of waiters
+    never starve other requests of pooled connections; Redis going away ends the wait (the
+    caller reads the answer's state from the database).
+    """
     import time
 
-    client = get_redis()
+    client = redis.Redis.from_url(
+        settings.REDIS_URL,
+        socket_timeout=settings.REDIS_SOCKET_TIMEOUT_SECONDS + 1.0,
+        socket_connect_timeout=settings.REDIS_SOCKET_TIMEOUT_SECONDS,
+        single_connection_client=True,
+    )
     key = stream_key(message_id)
     deadline = time.monotonic() + timeout_seconds
-    while (remaining := deadline - time.monotonic()) > 0:
-        # Below the client's socket timeout, so a quiet stream is not a Redis error.
-        block_ms = max(1, int(min(remaining, 1.0) * 1000))
-        response = client.xread({key: after}, block=block_ms, count=500)
-        for _, entries in response or []:
-            for entry_id, fields in entries:
-                entry = decode_entry(entry_id, fields)
-                after = entry.entry_id
-                yield entry
-                if entry.type in FINAL_EVENT_TYPES:
-                    return
+    try:
+        while (remaining := deadline - time.monotonic()) > 0:
+            # Below the client's socket timeout, so a quiet stream is not a Redis error.
+            block_ms = max(1, int(min(remaining, 1.0) * 1000))
+            response = client.xread({key: after}, block=block_ms, count=500)
+            for _, entries in response or []:
+                for entry_id, fields in entries:
+                    entry = decode_entry(entry_id, fields)
+                    after = entry.entry_id
+                    yield entry
+                    if entry.type in FINAL_EVENT_TYPES:
+                        return
+    except redis.RedisError as error:
+        logger.warning("Answer stream %s unreadable: %s", message_id, error)
+    finally:
+        client.close()

@@ -160,6 +160,12 @@ class Message(models.Model):
         default=0, help_text="Generation attempts started (retries and redeliveries add one)."
     )
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    # The database is the truth about work. A running answer's worker renews this lease
+    # while it works; once it lapses the sweeper takes the answer back (requeue or fail).
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    # When its task was last handed to the broker: a queued answer not claimed long after
+    # was lost with the broker (or never enqueued) and is handed over again.
+    enqueued_at = models.DateTimeField(null=True, blank=True)
     error_code = models.CharField(max_length=64, blank=True)
     error_message = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -181,6 +187,12 @@ class Message(models.Model):
                 fields=["conversation"],
                 condition=models.Q(status__in=["queued", "running"]),
                 name="message_in_progress",
+            ),
+            # The sweeper's scan and the per-tenant cap on answers running at once.
+            models.Index(
+                fields=["tenant", "status"],
+                condition=models.Q(status__in=["queued", "running"]),
+                name="message_unfinished_by_tenant",
             ),
         ]
 

@@ -8,15 +8,17 @@ stream's, so `Last-Event-ID` resumes; a client that comes late reads from the st
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 import redis.asyncio as redis_async
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.http import require_GET
 
@@ -32,6 +34,9 @@ STREAM_ENTRY_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 # How long one XREAD waits before the database is asked whether the answer ended anyway
 # (a worker that died between committing and publishing must not leave clients hanging).
 QUIET_CHECK_SECONDS = 5.0
+# While Redis is away, how often the database is asked whether the answer ended.
+REDIS_RETRY_SECONDS = 1.0
+T = TypeVar("T")
 
 
 def _error(status: int, code: str, message: str) -> JsonResponse:
@@ -58,39 +63,68 @@ def _event(event_type: str, data: dict[str, Any], entry_id: str | None = None) -
     return "\n".join(lines)
 
 
-async def _final_event(message_id: uuid.UUID, entry_id: str | None) -> str:
-    message = await Message.objects.filter(pk=message_id).afirst()
+def _released(read: Callable[[], T]) -> T:
+    """Run a database read and give the connection back: a stream may stay open for
+    minutes, and must not hold one of the database's connections while it waits."""
+    try:
+        return read()
+    finally:
+        if not connection.in_atomic_block:
+            connection.close()
+
+
+def _final_event_sync(message_id: uuid.UUID, entry_id: str | None) -> str:
+    message = Message.objects.filter(pk=message_id).first()
     if message is None:  # deleted with its conversation: end the stream, never hang
         gone = error_body("not_found", "The answer was deleted with its conversation.")
         return _event("error", gone, entry_id)
-    data = await sync_to_async(lambda: dict(MessageOutputSerializer(message).data))()
+    data = dict(MessageOutputSerializer(message).data)
     event_type = "error" if message.status == MessageStatus.FAILED else "done"
     return _event(event_type, {"message": data}, entry_id)
 
 
+async def _final_event(message_id: uuid.UUID, entry_id: str | None) -> str:
+    return await sync_to_async(_released)(lambda: _final_event_sync(message_id, entry_id))
+
+
 async def _is_final(message_id: uuid.UUID) -> bool:
     """Final, or gone (a deleted answer never changes again either)."""
-    status = await Message.objects.filter(pk=message_id).values_list("status", flat=True).afirst()
+    status = await sync_to_async(_released)(
+        lambda: Message.objects.filter(pk=message_id).values_list("status", flat=True).first()
+    )
     return status is None or status in FINAL_STATUSES
 
 
 async def _answer_events(message_id: uuid.UUID, after: str) -> AsyncIterator[str]:
+    # A connection of its own, outside the shared pool, for as long as the client listens.
     client = redis_async.Redis.from_url(
         settings.REDIS_URL,
         socket_timeout=QUIET_CHECK_SECONDS + settings.REDIS_SOCKET_TIMEOUT_SECONDS,
+        socket_connect_timeout=settings.REDIS_SOCKET_TIMEOUT_SECONDS,
     )
     key = answer_stream.stream_key(message_id)
     quiet_seconds = 0.0
     try:
         yield "retry: 1000\n\n"
-        # No stream: finished long ago (it expired) or not started; the row knows which.
-        if not await client.exists(key) and await _is_final(message_id):
-            yield await _final_event(message_id, None)
-            return
         while True:
-            response = await client.xread(
-                {key: after}, block=int(QUIET_CHECK_SECONDS * 1000), count=500
-            )
+            try:
+                # No stream: finished long ago (it expired) or not started; the row knows.
+                if after == "0-0" and not await client.exists(key) and await _is_final(message_id):
+                    yield await _final_event(message_id, None)
+                    return
+                response = await client.xread(
+                    {key: after}, block=int(QUIET_CHECK_SECONDS * 1000), count=500
+                )
+            except redis_async.RedisError:
+                # Redis away: the database still knows when the answer ends. Poll it, keep
+                # the client's connection alive, and read the stream again once Redis is back
+                # (from where this client was: nothing is skipped or repeated).
+                if await _is_final(message_id):
+                    yield await _final_event(message_id, None)
+                    return
+                yield ": stream unavailable, waiting\n\n"
+                await asyncio.sleep(REDIS_RETRY_SECONDS)
+                continue
             if not response:
                 if await _is_final(message_id):
                     yield await _final_event(message_id, None)
@@ -119,7 +153,9 @@ async def message_stream(request: HttpRequest, message_id: uuid.UUID) -> HttpRes
     if isinstance(tenant, JsonResponse):
         return tenant
     request.tenant = tenant  # for the log lines of this request, as authentication does
-    message = await Message.objects.filter(tenant=tenant, pk=message_id).afirst()
+    message = await sync_to_async(_released)(
+        lambda: Message.objects.filter(tenant=tenant, pk=message_id).first()
+    )
     if message is None:
         return _error(404, "not_found", "Not found.")
     if message.role != MessageRole.ASSISTANT:

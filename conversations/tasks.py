@@ -9,9 +9,12 @@ from celery import Task, shared_task
 from django.conf import settings
 
 from config.metrics import record_bedrock_error
+from conversations.services.dispatch import generation_defer, generations_sweep
 from conversations.services.generation import (
     BedrockError,
+    Outcome,
     generation_fail,
+    generation_lease_extend,
     generation_run,
     retry_delay_seconds,
 )
@@ -26,7 +29,11 @@ from conversations.services.generation import (
 )
 def generate_answer(self: Task, message_id: str) -> str:
     try:
-        return generation_run(message_id=uuid.UUID(message_id)).value
+        outcome = generation_run(message_id=uuid.UUID(message_id))
+        if outcome == Outcome.DEFERRED:
+            # Its tenant has its fair share running: back of its tenant's queue, shortly.
+            generation_defer(message_id=uuid.UUID(message_id))
+        return outcome.value
     except BedrockError as error:
         record_bedrock_error(error.code)
         retryable, code, detail = error.retryable, error.code, error.message
@@ -36,6 +43,7 @@ def generate_answer(self: Task, message_id: str) -> str:
         retryable, code, detail = True, "internal_error", f"{type(error).__name__}: {error}"
     if retryable and self.request.retries < settings.GENERATION_MAX_RETRIES:
         delay = retry_delay_seconds(self.request.retries, random.random())  # noqa: S311
+        generation_lease_extend(message_id=uuid.UUID(message_id), seconds=delay)
         raise self.retry(countdown=delay)
     generation_fail(message_id=uuid.UUID(message_id), code=code, message=detail)
     return "failed"
@@ -47,3 +55,10 @@ def expire_stale_generations() -> dict[str, int]:
     from conversations.expiry import stale_generations_expire
 
     return stale_generations_expire()
+
+
+@shared_task(ignore_result=True)
+def sweep_generations() -> dict[str, int]:
+    """Celery beat, every GENERATION_SWEEP_SECONDS: take back what the broker or a worker
+    lost (see conversations.services.dispatch)."""
+    return generations_sweep()

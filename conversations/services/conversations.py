@@ -12,6 +12,7 @@ from django.utils import timezone
 from billing import rate_limits
 from billing.services import CallScope, FrozenCall, reservation_create, reservation_release
 from config.errors import ApplicationError, NotFoundError
+from config.redis_client import get_redis
 from conversations.context import BuiltContext, context_build, message_token_count
 from conversations.models import (
     Conversation,
@@ -21,6 +22,7 @@ from conversations.models import (
     MessageStatus,
     Tenant,
 )
+from conversations.services.dispatch import generation_enqueue
 from models_catalog.catalogue import resolve_model_id
 from models_catalog.models import FoundationModel
 from models_catalog.selectors import foundation_model_get_active
@@ -252,6 +254,8 @@ def user_message_create(
             code="model_inactive",
         )
     token_count = message_token_count(model, content)
+    # Redis carries the work: when it is away, refuse (503) before anything is stored.
+    get_redis().ping()
     with rate_limits.given_back_unless_committed() as counted, transaction.atomic():
         # The row lock serialises turns of one conversation: sequence numbers stay gapless
         # and the context is built from the history this turn really follows.
@@ -309,9 +313,12 @@ def user_message_create(
             ),
             counted=counted,
         )
-        # robust: with the broker away the turn is still stored and its answer, never
-        # started, is failed as expired by the periodic check instead of erroring here.
-        transaction.on_commit(lambda: _enqueue_generation(answer), robust=True)
+        answer.enqueued_at = timezone.now()
+        Message.objects.filter(pk=answer.pk).update(enqueued_at=answer.enqueued_at)
+        enqueue_errors: list[Exception] = []
+        transaction.on_commit(lambda: _enqueue_generation(answer, enqueue_errors))
+    if enqueue_errors:
+        _unqueued_answer_fail(answer, enqueue_errors[0])
     context = replace(
         context,
         kept_message_ids=[*context.kept_message_ids, message.id],
@@ -320,10 +327,36 @@ def user_message_create(
     return UserTurn(message=message, answer=answer, context=context, parameters=parameters)
 
 
-def _enqueue_generation(answer: Message) -> None:
-    from conversations.tasks import generate_answer
+def _enqueue_generation(answer: Message, errors: list[Exception]) -> None:
+    try:
+        generation_enqueue(message_id=answer.pk, tenant_id=answer.tenant_id)
+    except Exception as error:  # kombu and redis errors alike: the broker is away
+        errors.append(error)
 
-    generate_answer.delay(str(answer.pk))
+
+class GenerationNotQueuedError(ApplicationError):
+    code = "service_unavailable"
+    http_status = 503
+
+
+def _unqueued_answer_fail(answer: Message, error: Exception) -> None:
+    """The broker refused the task after the turn committed: never answer 202 for work that
+    is not queued. The answer fails at once and its reservation is released; the user turn
+    stays in the history, answered by that failure."""
+    from conversations.services.generation import generation_fail
+
+    generation_fail(
+        message_id=answer.pk,
+        code="not_queued",
+        message=f"The answer could not be queued ({type(error).__name__}); send it again.",
+        release_reason="not_queued",
+    )
+    raise GenerationNotQueuedError(
+        "The answer could not be queued: the task broker is briefly unavailable. Nothing was "
+        "charged; send the message again shortly.",
+        details={"message_id": str(answer.pk)},
+        headers={"Retry-After": "5"},
+    )
 
 
 class NotCancellableError(ApplicationError):

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import enum
 import logging
+import threading
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import F
+from django.db import connection, connections, transaction
+from django.db.models import F, Q
 from django.utils import timezone
 
 from billing.models import AttemptOutcome
@@ -42,7 +44,9 @@ STREAM_RETRY_SECONDS = 1.0
 class Outcome(enum.StrEnum):
     COMPLETED = "completed"
     CANCELLED = "cancelled"
-    SKIPPED = "skipped"  # already final: a redelivered or duplicate task
+    SKIPPED = "skipped"  # already final, or another attempt holds it: a duplicate task
+    DEFERRED = "deferred"  # its tenant has its fair share running: try again shortly
+    LOST = "lost"  # the lease lapsed and the sweeper gave the answer to another attempt
 
 
 @dataclass(frozen=True)
@@ -51,19 +55,91 @@ class _Claim:
     attempt: int
 
 
-def _claim(message_id: uuid.UUID) -> _Claim | None:
-    """Take the answer for this attempt: queued or running (a redelivery) becomes running."""
-    claimed = Message.objects.filter(pk=message_id, status__in=IN_PROGRESS).update(
+def _lease_until() -> datetime:
+    return timezone.now() + timedelta(seconds=settings.GENERATION_LEASE_SECONDS)
+
+
+def _tenant_has_its_share_running(tenant_id: int, message_id: uuid.UUID) -> bool:
+    cap = settings.GENERATION_TENANT_MAX_RUNNING
+    if cap <= 0:
+        return False
+    running = Message.objects.filter(
+        tenant_id=tenant_id, status=MessageStatus.RUNNING, lease_expires_at__gte=timezone.now()
+    ).exclude(pk=message_id)
+    # Counted, then claimed: two claims racing may both pass, so the cap is a fair-share
+    # bound, not an exact one (money is never at stake here; budgets and quotas are exact).
+    return running.count() >= cap
+
+
+def _claim(message_id: uuid.UUID) -> _Claim | Outcome:
+    """Take the answer for this attempt under a lease: a queued answer, or a running one
+    whose lease lapsed (its worker died: a redelivered task may take it over)."""
+    now = timezone.now()
+    current = Message.objects.filter(pk=message_id).values("tenant_id", "status").first()
+    if current is None or current["status"] not in IN_PROGRESS:
+        return Outcome.SKIPPED
+    if _tenant_has_its_share_running(current["tenant_id"], message_id):
+        return Outcome.DEFERRED
+    claimable = (
+        Q(status=MessageStatus.QUEUED)
+        | Q(status=MessageStatus.RUNNING, lease_expires_at__lt=now)
+        | Q(status=MessageStatus.RUNNING, lease_expires_at__isnull=True)
+    )
+    claimed = Message.objects.filter(claimable, pk=message_id).update(
         status=MessageStatus.RUNNING,
         attempt_count=F("attempt_count") + 1,
-        updated_at=timezone.now(),
+        lease_expires_at=_lease_until(),
+        updated_at=now,
     )
     if not claimed:
-        return None
+        return Outcome.SKIPPED
     message = Message.objects.select_related("conversation__model", "conversation__tenant").get(
         pk=message_id
     )
     return _Claim(message=message, attempt=message.attempt_count)
+
+
+class _LeaseKeeper:
+    """Renews the claim's lease from a thread of its own while the attempt runs, so a slow
+    first token or a long answer never looks like a dead worker. `lost` turns true when the
+    renewal finds the answer no longer this attempt's (the sweeper took it back)."""
+
+    def __init__(self, message_id: uuid.UUID, attempt: int) -> None:
+        self.message_id = message_id
+        self.attempt = attempt
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lease-{message_id}", daemon=True)
+
+    def __enter__(self) -> _LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.wait(settings.GENERATION_LEASE_RENEW_SECONDS):
+                renewed = Message.objects.filter(
+                    pk=self.message_id, status=MessageStatus.RUNNING, attempt_count=self.attempt
+                ).update(lease_expires_at=_lease_until())
+                if not renewed:
+                    self.lost = True
+                    return
+        except Exception as error:  # the database away: the lease lapses, the sweeper decides
+            logger.warning("Lease of %s not renewed: %s", self.message_id, error)
+        finally:
+            connections.close_all()  # this thread's own connections
+
+
+def generation_lease_extend(*, message_id: uuid.UUID, seconds: float) -> None:
+    """Keep the lease through a retry's backoff, so the sweeper does not take the answer."""
+    Message.objects.filter(pk=message_id, status=MessageStatus.RUNNING).update(
+        lease_expires_at=timezone.now()
+        + timedelta(seconds=seconds + settings.GENERATION_LEASE_SECONDS)
+    )
 
 
 @dataclass
@@ -185,8 +261,13 @@ def generation_run(*, message_id: uuid.UUID) -> Outcome:
     provider ledger by then, at the counts Bedrock reported before it failed.
     """
     claim = _claim(message_id)
-    if claim is None:
-        return Outcome.SKIPPED
+    if isinstance(claim, Outcome):
+        return claim
+    with _LeaseKeeper(claim.message.pk, claim.attempt) as lease:
+        return _generate(claim, lease)
+
+
+def _generate(claim: _Claim, lease: _LeaseKeeper) -> Outcome:
     message = claim.message
     call = frozen_call_get(message_id=message.pk)
     if call is None:  # its reservation was closed (expired): nothing may be sent
@@ -228,7 +309,7 @@ def generation_run(*, message_id: uuid.UUID) -> Outcome:
             wire.delta(event.text, parts)
             if time.monotonic() >= next_cancel_check:
                 next_cancel_check = time.monotonic() + settings.GENERATION_CANCEL_CHECK_SECONDS
-                if _cancel_requested(message.pk):
+                if lease.lost or _cancel_requested(message.pk):
                     break
     except BedrockError as error:
         with transaction.atomic():
@@ -244,6 +325,18 @@ def generation_run(*, message_id: uuid.UUID) -> Outcome:
     finally:
         events.close()  # stop reading from Bedrock at once on cancel or error
 
+    if final is None and lease.lost:
+        # Another attempt owns the answer now; this one only enters the provider ledger.
+        with transaction.atomic():
+            provider_attempt_record(
+                message_id=message.pk,
+                attempt=claim.attempt,
+                outcome=AttemptOutcome.FAILED,
+                input_tokens=seen.prompt_tokens,
+                output_tokens=seen.generation_tokens,
+                error_code="lease_lost",
+            )
+        return Outcome.LOST
     if final is None:  # cancelled mid-answer: keep what was streamed, charge Bedrock's counts
         _finish(
             claim,
@@ -298,8 +391,15 @@ def generation_fail(
 
 
 def answer_wait(*, message: Message, timeout_seconds: float) -> Message:
-    """Block until the answer is final or the time is up; return it as it then is."""
+    """Block until the answer is final or the time is up; return it as it then is.
+
+    Waiting holds no database connection: it is closed first (outside a transaction) and
+    opened again only to read the result, so hundreds of waiters cannot exhaust the
+    database's connections for everyone else.
+    """
     if message.status in IN_PROGRESS:
+        if not connection.in_atomic_block:
+            connection.close()
         for _ in answer_stream.read_until_final(message.pk, timeout_seconds=timeout_seconds):
             pass
     message.refresh_from_db()

@@ -129,11 +129,11 @@ def enqueued(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     answer_ids: list[Any] = []
     lock = threading.Lock()
 
-    def record(answer: Message) -> None:
+    def record(*, message_id: Any, tenant_id: int) -> None:
         with lock:
-            answer_ids.append(answer.pk)
+            answer_ids.append(message_id)
 
-    monkeypatch.setattr("conversations.services.conversations._enqueue_generation", record)
+    monkeypatch.setattr("conversations.services.conversations.generation_enqueue", record)
     return answer_ids
 
 

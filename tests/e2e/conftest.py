@@ -122,7 +122,9 @@ def web_server(django_db_setup: None, django_db_blocker: Any) -> Iterator[str]:
     server = start_process(
         [sys.executable, "-m", "uvicorn", "config.asgi:application", "--port", str(port),
          "--no-access-log"],
-        process_environment(GENERATION_SYNC_WAIT_SECONDS=str(SYNC_WAIT_SECONDS)),
+        process_environment(
+            GENERATION_SYNC_WAIT_SECONDS=str(SYNC_WAIT_SECONDS), DATABASE_POOL_MAX_SIZE="40"
+        ),
         "web",
     )  # fmt: skip
     base_url = f"http://127.0.0.1:{port}"

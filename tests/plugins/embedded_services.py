@@ -33,6 +33,10 @@ def pytest_load_initial_conftests(
         _started.append(embedded)
         os.environ["REDIS_URL"] = embedded.url
         os.environ[EMBEDDED_FOR_TESTS_VARIABLE] = "1"
+    # The tests' own threads race dozens of connections at once on purpose (concurrency
+    # tests); a bounded pool in the test process would make them wait on each other. The
+    # web servers the tests start get the production pool (tests/e2e/conftest.py).
+    os.environ.setdefault("DATABASE_POOL_MAX_SIZE", "0")
     if not os.environ.get("BEDROCK_ENDPOINT_URL"):
         bedrock = LocalBedrockServer(seed=7).start()
         _started.append(bedrock)

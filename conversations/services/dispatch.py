@@ -1,0 +1,152 @@
+"""Handing answers to workers, fairly, and taking back what the broker or a worker lost.
+
+The database is the truth about work; Redis only carries it. Every answer that is queued or
+running in the database reaches a final state on its own:
+
+- each answer's task goes to its tenant's queue (`generation.<tenant id mod shards>`), and
+  workers serve the queues round-robin (kombu's Redis transport rotates them), so a tenant
+  with hundreds queued does not stand in front of another tenant's next answer;
+- the sweeper (Celery beat, every GENERATION_SWEEP_SECONDS) hands a queued answer to the
+  broker again when no worker claimed it within GENERATION_REQUEUE_AFTER_SECONDS (its task
+  was lost with Redis, or never reached it), and takes back a running answer whose lease
+  lapsed (its worker died): requeued for a new attempt, or failed and released once its
+  attempts are used up. A duplicate task is harmless: claims are conditional.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import uuid
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from conversations.models import Message, MessageStatus
+
+logger = logging.getLogger(__name__)
+
+WORKER_LOST_CODE = "worker_lost"
+# How long a deferred answer waits before its task is offered again (plus jitter).
+DEFER_SECONDS = 0.25
+# One sweep handles at most this many of each kind; the next sweep takes the rest.
+SWEEP_BATCH_SIZE = 500
+
+
+def generation_queue(tenant_id: int) -> str:
+    return f"generation.{tenant_id % settings.GENERATION_QUEUE_SHARDS}"
+
+
+def generation_enqueue(
+    *, message_id: uuid.UUID | str, tenant_id: int, countdown: float | None = None
+) -> None:
+    """Hand the answer's task to the broker (raises if the broker is away)."""
+    from conversations.tasks import generate_answer
+
+    generate_answer.apply_async(
+        args=[str(message_id)], queue=generation_queue(tenant_id), countdown=countdown
+    )
+
+
+def generation_defer(*, message_id: uuid.UUID) -> None:
+    """Put a claimable answer back on its tenant's queue, shortly (its tenant has its fair
+    share running). The broker away: the sweeper requeues it."""
+    answer = Message.objects.filter(pk=message_id).values_list("tenant_id", flat=True).first()
+    if answer is None:
+        return
+    Message.objects.filter(pk=message_id, status=MessageStatus.QUEUED).update(
+        enqueued_at=timezone.now()
+    )
+    try:
+        generation_enqueue(
+            message_id=message_id,
+            tenant_id=answer,
+            countdown=DEFER_SECONDS * (1 + random.random()),  # noqa: S311 - jitter
+        )
+    except Exception as error:
+        logger.warning("Could not defer answer %s: %s", message_id, error)
+
+
+def max_attempts() -> int:
+    return settings.GENERATION_MAX_RETRIES + 1
+
+
+def _requeue(message_id: uuid.UUID, tenant_id: int) -> bool:
+    try:
+        generation_enqueue(message_id=message_id, tenant_id=tenant_id)
+    except Exception as error:  # the broker is still away: the next sweep tries again
+        logger.warning("Could not requeue answer %s: %s", message_id, error)
+        return False
+    return True
+
+
+def _lost_running_take_back(message_id: uuid.UUID, now: object) -> str:
+    """A running answer whose lease lapsed: its worker is gone. Requeue or fail it."""
+    from conversations.services.generation import generation_fail
+
+    with transaction.atomic():
+        answer = (
+            Message.objects.select_for_update()
+            .filter(pk=message_id, status=MessageStatus.RUNNING, lease_expires_at__lt=now)
+            .values("tenant_id", "attempt_count", "cancel_requested_at")
+            .first()
+        )
+        if answer is None:  # renewed or finished meanwhile
+            return "skipped"
+        if answer["cancel_requested_at"] is not None or answer["attempt_count"] >= max_attempts():
+            why = "cancelled" if answer["cancel_requested_at"] is not None else "attempts used up"
+            generation_fail(
+                message_id=message_id,
+                code=WORKER_LOST_CODE,
+                message=f"The worker generating this answer stopped ({why}); send it again.",
+                release_reason=WORKER_LOST_CODE,
+            )
+            return "failed"
+        Message.objects.filter(pk=message_id).update(
+            status=MessageStatus.QUEUED, lease_expires_at=None, enqueued_at=now, updated_at=now
+        )
+    _requeue(message_id, answer["tenant_id"])
+    return "requeued"
+
+
+def generations_sweep() -> dict[str, int]:
+    """Take back answers the broker or a worker lost. Returns counts by what was done."""
+    now = timezone.now()
+    counts = {"requeued_queued": 0, "requeued_running": 0, "failed_running": 0}
+    lapsed = Message.objects.filter(status=MessageStatus.RUNNING).filter(
+        Q(lease_expires_at__lt=now)
+        | Q(lease_expires_at__isnull=True, updated_at__lt=now - _lease())
+    )
+    for message_id in lapsed.values_list("pk", flat=True)[:SWEEP_BATCH_SIZE]:
+        Message.objects.filter(pk=message_id, lease_expires_at__isnull=True).update(
+            lease_expires_at=now - timedelta(microseconds=1)
+        )
+        outcome = _lost_running_take_back(message_id, now)
+        if outcome == "requeued":
+            counts["requeued_running"] += 1
+        elif outcome == "failed":
+            counts["failed_running"] += 1
+
+    cutoff = now - timedelta(seconds=settings.GENERATION_REQUEUE_AFTER_SECONDS)
+    forgotten = Message.objects.filter(status=MessageStatus.QUEUED).filter(
+        Q(enqueued_at__lt=cutoff) | Q(enqueued_at__isnull=True, created_at__lt=cutoff)
+    )
+    for message_id, tenant_id in forgotten.values_list("pk", "tenant_id")[:SWEEP_BATCH_SIZE]:
+        # Stamped first, conditionally: overlapping sweeps requeue an answer once.
+        stamped = (
+            Message.objects.filter(pk=message_id, status=MessageStatus.QUEUED)
+            .filter(Q(enqueued_at__lt=cutoff) | Q(enqueued_at__isnull=True))
+            .update(enqueued_at=now)
+        )
+        if stamped and _requeue(message_id, tenant_id):
+            counts["requeued_queued"] += 1
+    if any(counts.values()):
+        logger.info("Generation sweep: %s", counts)
+    return counts
+
+
+def _lease() -> timedelta:
+    return timedelta(seconds=settings.GENERATION_LEASE_SECONDS)
