@@ -47,7 +47,12 @@ from idempotency.http import (
     json_value,
 )
 from idempotency.models import IdempotencyRecord, IdempotencyStatus
-from idempotency.services import Decision, idempotency_complete, idempotent_execute
+from idempotency.services import (
+    Decision,
+    idempotency_complete,
+    idempotent_execute,
+    replayed_body,
+)
 
 CONTEXT_OVERFLOW = error_response(
     "The system prompt and the newest message do not fit the model's window "
@@ -125,7 +130,7 @@ class ConversationListCreateApi(ConversationScopedView):
                 execute=create,
             ).record
             decision = Decision(
-                response_status=record.response_status, response_body=record.response_body
+                response_status=record.response_status, response_body=replayed_body(record)
             )
         return Response(decision.response_body, status=decision.response_status)
 
@@ -260,11 +265,11 @@ def _turn_response(body: dict[str, Any], answer: Message, mode: str) -> Response
 def _turn_replay(record: IdempotencyRecord, mode: str) -> Response:
     """The response of an idempotent turn: stored, or (sync, answer pending) waited for."""
     if record.status == IdempotencyStatus.COMPLETED:
-        return Response(record.response_body, status=record.response_status)
+        return Response(replayed_body(record), status=record.response_status)
     answer = Message.objects.filter(pk=record.resource_id).first()
     if answer is None:  # deleted with its conversation meanwhile
-        return Response(record.response_body, status=record.response_status)
-    response = _turn_response(record.response_body, answer, mode)
+        return Response(replayed_body(record), status=record.response_status)
+    response = _turn_response(replayed_body(record), answer, mode)
     if response.status_code == status.HTTP_201_CREATED:
         idempotency_complete(
             record=record, response_status=response.status_code, body=json_value(response.data)

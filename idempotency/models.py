@@ -36,7 +36,9 @@ class IdempotencyRecord(models.Model):
         null=True, blank=True, help_text="What the request created (an answer, a conversation)."
     )
     response_status = models.PositiveSmallIntegerField(null=True, blank=True)
-    response_body = models.JSONField(null=True, blank=True)
+    # JSON as text, not a JSONField: PostgreSQL's jsonb reorders keys, and a replay must be
+    # byte for byte the response the first request got.
+    response_body = models.TextField(blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
     completed_at = models.DateTimeField(null=True, blank=True)
     expires_at = models.DateTimeField()

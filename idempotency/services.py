@@ -11,6 +11,7 @@ the wait passes IDEMPOTENCY_WAIT_SECONDS it answers 409 `idempotency_in_progress
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import uuid
 from collections.abc import Callable, Iterator
@@ -152,10 +153,19 @@ def _claim(
         raise
 
 
+def _as_text(body: Any) -> str:
+    return "" if body is None else json.dumps(body, separators=(",", ":"))
+
+
+def replayed_body(record: IdempotencyRecord) -> Any:
+    """The stored response body, with its keys in the order the first response had."""
+    return json.loads(record.response_body) if record.response_body else None
+
+
 def _record_decision(record: IdempotencyRecord, decision: Decision) -> None:
     record.resource_id = decision.resource_id
     record.response_status = decision.response_status
-    record.response_body = decision.response_body
+    record.response_body = _as_text(decision.response_body)
     if decision.final:
         record.status = IdempotencyStatus.COMPLETED
         record.completed_at = timezone.now()
@@ -210,7 +220,7 @@ def idempotency_complete(*, record: IdempotencyRecord, response_status: int, bod
     ).update(
         status=IdempotencyStatus.COMPLETED,
         response_status=response_status,
-        response_body=body,
+        response_body=_as_text(body),
         completed_at=now,
     )
     return bool(updated)

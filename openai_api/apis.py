@@ -20,13 +20,18 @@ from config.errors import NotFoundError
 from conversations.models import Message, Tenant
 from idempotency.http import IDEMPOTENCY_KEY_PARAMETER, fingerprint_of, idempotency_key_of
 from idempotency.models import IdempotencyRecord, IdempotencyStatus
-from idempotency.services import Decision, idempotency_complete, idempotent_execute
+from idempotency.services import (
+    Decision,
+    idempotency_complete,
+    idempotent_execute,
+    replayed_body,
+)
 from models_catalog.catalogue import resolve_model_id
 from models_catalog.models import FoundationModel
 from models_catalog.selectors import foundation_model_list_active
 from openai_api import schema
 from openai_api.parsing import chat_completion_parse
-from openai_api.relay import completion_wait
+from openai_api.relay import completion_wait, release_connection
 from openai_api.rendering import ChunkFrame, completion_body, completion_id, created_of
 from openai_api.services import chat_completion_create, model_get
 from openai_api.streaming import completion_chunks
@@ -117,7 +122,7 @@ class ChatCompletionsApi(OpenAIApiView):
             )
             record = execution.record
             if execution.replayed and record.status == IdempotencyStatus.COMPLETED:
-                return Response(record.response_body, status=record.response_status)
+                return Response(replayed_body(record), status=record.response_status)
             answer = _answer_of(record, tenant) if execution.replayed else execution.value
         assert answer is not None
         conversation = answer.conversation
@@ -138,6 +143,7 @@ class ChatCompletionsApi(OpenAIApiView):
                 ),
                 content_type="text/event-stream",
             )
+            release_connection()  # the stream reads the database only now and then
             response["Cache-Control"] = "no-cache"
             response["X-Accel-Buffering"] = "no"  # proxies must pass chunks through at once
             return response

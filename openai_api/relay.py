@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Sequence
 
 import redis
+from django.db import connection
 
 from config.errors import NotFoundError
 from conversations import answer_stream
@@ -26,6 +27,13 @@ FINAL_STATUSES = (MessageStatus.COMPLETED, MessageStatus.FAILED, MessageStatus.C
 # How long one read of the answer stream waits before the database is asked whether the
 # answer ended anyway (a worker that died between committing and publishing).
 QUIET_CHECK_SECONDS = 5.0
+
+
+def release_connection() -> None:
+    """Give the database connection back before a long wait (outside a transaction): a
+    process's pool is bounded, and hundreds of waiting clients must not hold it."""
+    if not connection.in_atomic_block:
+        connection.close()
 
 
 class Relay:
@@ -95,6 +103,7 @@ def completion_wait(
                 f"The answer was not ready within {timeout_seconds:g} s; it goes on. Retry "
                 "with the same Idempotency-Key to get it, or follow it with stream=true."
             )
+        release_connection()
         try:
             for entry in answer_stream.read_until_final(
                 answer_id, timeout_seconds=min(remaining, QUIET_CHECK_SECONDS), after=after

@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 import redis
 import redis.asyncio as redis_async
@@ -22,10 +22,17 @@ from django.conf import settings
 from conversations import answer_stream
 from conversations.models import Message, MessageStatus
 from openai_api.errors import openai_error
-from openai_api.relay import FINAL_STATUSES, QUIET_CHECK_SECONDS, Relay, cancel_after_stop
+from openai_api.relay import (
+    FINAL_STATUSES,
+    QUIET_CHECK_SECONDS,
+    Relay,
+    cancel_after_stop,
+    release_connection,
+)
 from openai_api.rendering import ChunkFrame, failure_of, finish_reason_of
 
 DONE = "data: [DONE]\n\n"
+T = TypeVar("T")
 
 
 def _event(data: dict[str, Any]) -> str:
@@ -37,8 +44,18 @@ def _error_event(http_status: int, code: str, message: str) -> str:
     return _event(openai_error(http_status, body))
 
 
+def _released(read: Callable[[], T]) -> T:
+    """A database read that gives its connection back: a stream may stay open for minutes."""
+    try:
+        return read()
+    finally:
+        release_connection()
+
+
 async def _status(answer_id: uuid.UUID) -> str | None:
-    return await Message.objects.filter(pk=answer_id).values_list("status", flat=True).afirst()
+    return await sync_to_async(_released)(
+        lambda: Message.objects.filter(pk=answer_id).values_list("status", flat=True).first()
+    )
 
 
 async def _is_final(answer_id: uuid.UUID) -> bool:
@@ -87,7 +104,7 @@ async def _follow(
                     if relay.diverged:
                         return
                     if relay.stopped and cancel_on_stop and not cancelled:
-                        await sync_to_async(cancel_after_stop)(answer_id)
+                        await sync_to_async(_released)(lambda: cancel_after_stop(answer_id))
                         cancelled = True
     except redis.RedisError:
         # Best effort: without Redis, wait for the stored answer and send the rest from it.
@@ -109,7 +126,7 @@ async def completion_chunks(
     yield _event(frame.chunk({"role": "assistant", "content": ""}))
     async for event in _follow(answer_id, relay, frame, cancel_on_stop):
         yield event
-    message = await Message.objects.filter(pk=answer_id).afirst()
+    message = await sync_to_async(_released)(lambda: Message.objects.filter(pk=answer_id).first())
     if message is None:
         yield _error_event(404, "not_found", "The answer was deleted with its conversation.")
         return
