@@ -13,8 +13,9 @@ from conversations.services.dispatch import generation_defer, generations_sweep
 from conversations.services.generation import (
     BedrockError,
     Outcome,
+    generation_attempts,
     generation_fail,
-    generation_lease_extend,
+    generation_retry_wait,
     generation_run,
     retry_delay_seconds,
 )
@@ -33,6 +34,10 @@ def generate_answer(self: Task, message_id: str) -> str:
         if outcome == Outcome.DEFERRED:
             # Its tenant has its fair share running: back of its tenant's queue, shortly.
             generation_defer(message_id=uuid.UUID(message_id))
+        elif outcome == Outcome.HELD:
+            # Another attempt's lease is live (a duplicate, or a dead worker's): once it
+            # lapses this task may take the answer over; while it is renewed, it may not.
+            generation_defer(message_id=uuid.UUID(message_id), until_lease_lapses=True)
         return outcome.value
     except BedrockError as error:
         record_bedrock_error(error.code)
@@ -41,9 +46,14 @@ def generate_answer(self: Task, message_id: str) -> str:
         # Our own failure (the database away during settlement, say): worth another try,
         # and never worth leaving the answer "running" for good.
         retryable, code, detail = True, "internal_error", f"{type(error).__name__}: {error}"
-    if retryable and self.request.retries < settings.GENERATION_MAX_RETRIES:
-        delay = retry_delay_seconds(self.request.retries, random.random())  # noqa: S311
-        generation_lease_extend(message_id=uuid.UUID(message_id), seconds=delay)
+    # Attempts are counted in the database (each claim adds one), so a task offered again
+    # by the sweeper or a deferral cannot start the retry budget over.
+    retries_so_far = max(
+        self.request.retries, generation_attempts(message_id=uuid.UUID(message_id)) - 1
+    )
+    if retryable and retries_so_far < settings.GENERATION_MAX_RETRIES:
+        delay = retry_delay_seconds(retries_so_far, random.random())  # noqa: S311
+        generation_retry_wait(message_id=uuid.UUID(message_id), seconds=delay)
         raise self.retry(countdown=delay)
     generation_fail(message_id=uuid.UUID(message_id), code=code, message=detail)
     return "failed"

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from billing import rate_limits
@@ -359,6 +362,32 @@ def _unqueued_answer_fail(answer: Message, error: Exception) -> None:
     )
 
 
+def _abandoned_answer_cancel(message: Message, now: datetime) -> None:
+    """A running answer whose lease lapsed has no worker to notice the cancel: end it here,
+    so a cancel always unblocks the conversation. Bedrock's counts for the lost attempt
+    were never seen: the tenant is not charged, the provider ledger records the attempt."""
+    from billing.services import provider_lost_attempts_record
+
+    lapsed = Q(lease_expires_at__lt=now) | Q(
+        lease_expires_at__isnull=True,
+        updated_at__lt=now - timedelta(seconds=settings.GENERATION_LEASE_SECONDS),
+    )
+    with transaction.atomic():
+        ended = Message.objects.filter(lapsed, pk=message.pk, status=MessageStatus.RUNNING).update(
+            status=MessageStatus.CANCELLED, completed_at=now, updated_at=now
+        )
+        if ended:
+            reservation_release(message_id=message.pk, reason=MessageStatus.CANCELLED)
+            attempts = Message.objects.filter(pk=message.pk).values_list(
+                "attempt_count", flat=True
+            )[0]
+            provider_lost_attempts_record(message_id=message.pk, before_attempt=attempts + 1)
+    if ended:
+        from conversations import answer_stream
+
+        answer_stream.publish(message.pk, answer_stream.DONE, status=MessageStatus.CANCELLED)
+
+
 class NotCancellableError(ApplicationError):
     code = "not_cancellable"
     http_status = 409
@@ -393,6 +422,7 @@ def message_cancel(*, message: Message) -> Message:
         Message.objects.filter(
             pk=message.pk, status=MessageStatus.RUNNING, cancel_requested_at__isnull=True
         ).update(cancel_requested_at=now, updated_at=now)
+        _abandoned_answer_cancel(message, now)
     message.refresh_from_db()
     if message.status in (MessageStatus.COMPLETED, MessageStatus.FAILED):
         raise NotCancellableError(f"The answer is already {message.status}.")

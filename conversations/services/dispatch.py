@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 WORKER_LOST_CODE = "worker_lost"
 # How long a deferred answer waits before its task is offered again (plus jitter).
-DEFER_SECONDS = 0.25
+DEFER_SECONDS = 1.0
 # One sweep handles at most this many of each kind; the next sweep takes the rest.
 SWEEP_BATCH_SIZE = 500
 
@@ -51,21 +51,25 @@ def generation_enqueue(
     )
 
 
-def generation_defer(*, message_id: uuid.UUID) -> None:
-    """Put a claimable answer back on its tenant's queue, shortly (its tenant has its fair
-    share running). The broker away: the sweeper requeues it."""
-    answer = Message.objects.filter(pk=message_id).values_list("tenant_id", flat=True).first()
-    if answer is None:
-        return
-    Message.objects.filter(pk=message_id, status=MessageStatus.QUEUED).update(
-        enqueued_at=timezone.now()
+def generation_defer(*, message_id: uuid.UUID, until_lease_lapses: bool = False) -> None:
+    """Offer the answer's task again shortly: its tenant has its fair share running, or
+    (`until_lease_lapses`) another attempt holds it, when the lease would have lapsed.
+    The broker away: the sweeper takes over."""
+    answer = (
+        Message.objects.filter(pk=message_id)
+        .values("tenant_id", "status", "lease_expires_at")
+        .first()
     )
+    if answer is None or answer["status"] not in (MessageStatus.QUEUED, MessageStatus.RUNNING):
+        return
+    now = timezone.now()
+    delay = DEFER_SECONDS * (1 + random.random())  # noqa: S311 - jitter
+    if until_lease_lapses and answer["lease_expires_at"] is not None:
+        delay += max(0.0, (answer["lease_expires_at"] - now).total_seconds())
+    else:
+        Message.objects.filter(pk=message_id, status=MessageStatus.QUEUED).update(enqueued_at=now)
     try:
-        generation_enqueue(
-            message_id=message_id,
-            tenant_id=answer,
-            countdown=DEFER_SECONDS * (1 + random.random()),  # noqa: S311 - jitter
-        )
+        generation_enqueue(message_id=message_id, tenant_id=answer["tenant_id"], countdown=delay)
     except Exception as error:
         logger.warning("Could not defer answer %s: %s", message_id, error)
 

@@ -46,6 +46,7 @@ class Outcome(enum.StrEnum):
     CANCELLED = "cancelled"
     SKIPPED = "skipped"  # already final, or another attempt holds it: a duplicate task
     DEFERRED = "deferred"  # its tenant has its fair share running: try again shortly
+    HELD = "held"  # another attempt's lease is live: try again when it would have lapsed
     LOST = "lost"  # the lease lapsed and the sweeper gave the answer to another attempt
 
 
@@ -75,9 +76,18 @@ def _claim(message_id: uuid.UUID) -> _Claim | Outcome:
     """Take the answer for this attempt under a lease: a queued answer, or a running one
     whose lease lapsed (its worker died: a redelivered task may take it over)."""
     now = timezone.now()
-    current = Message.objects.filter(pk=message_id).values("tenant_id", "status").first()
+    current = (
+        Message.objects.filter(pk=message_id)
+        .values("tenant_id", "status", "lease_expires_at")
+        .first()
+    )
     if current is None or current["status"] not in IN_PROGRESS:
         return Outcome.SKIPPED
+    lease = current["lease_expires_at"]
+    if current["status"] == MessageStatus.RUNNING and lease is not None and lease >= now:
+        # A duplicate delivery, or a redelivery whose dead worker's lease has not lapsed
+        # yet: never take a live lease; come back when it would have lapsed.
+        return Outcome.HELD
     if _tenant_has_its_share_running(current["tenant_id"], message_id):
         return Outcome.DEFERRED
     claimable = (
@@ -134,12 +144,22 @@ class _LeaseKeeper:
             connections.close_all()  # this thread's own connections
 
 
-def generation_lease_extend(*, message_id: uuid.UUID, seconds: float) -> None:
-    """Keep the lease through a retry's backoff, so the sweeper does not take the answer."""
+def generation_retry_wait(*, message_id: uuid.UUID, seconds: float) -> None:
+    """Between attempts the answer waits in the queue again: its retry (or the sweeper,
+    should the retry be lost) claims it once the backoff is over, and a cancel meanwhile
+    stops it at once."""
+    now = timezone.now()
     Message.objects.filter(pk=message_id, status=MessageStatus.RUNNING).update(
-        lease_expires_at=timezone.now()
-        + timedelta(seconds=seconds + settings.GENERATION_LEASE_SECONDS)
+        status=MessageStatus.QUEUED,
+        lease_expires_at=None,
+        enqueued_at=now + timedelta(seconds=seconds),
+        updated_at=now,
     )
+
+
+def generation_attempts(*, message_id: uuid.UUID) -> int:
+    attempts = Message.objects.filter(pk=message_id).values_list("attempt_count", flat=True)
+    return next(iter(attempts), 0)
 
 
 @dataclass

@@ -160,6 +160,8 @@ def start_worker(bedrock: LocalBedrockServer) -> Iterator[Callable[..., ManagedP
             GENERATION_RETRY_BACKOFF_SECONDS="0.05",
             GENERATION_RETRY_BACKOFF_MAX_SECONDS="0.2",
             GENERATION_MAX_RETRIES="3",
+            GENERATION_LEASE_SECONDS="2",
+            GENERATION_LEASE_RENEW_SECONDS="0.4",
             **extra_environment,
         )
         worker = start_process(

@@ -56,6 +56,9 @@ WORKER_ENVIRONMENT = {
     "GENERATION_RETRY_BACKOFF_SECONDS": "0.05",
     "GENERATION_RETRY_BACKOFF_MAX_SECONDS": "0.2",
     "GENERATION_MAX_RETRIES": "8",
+    # A killed worker's lease lapses in seconds, so its answer is taken over quickly.
+    "GENERATION_LEASE_SECONDS": "2",
+    "GENERATION_LEASE_RENEW_SECONDS": "0.4",
 }
 
 
