@@ -210,7 +210,10 @@ class Reservation(models.Model):
                 fields=["tenant", "created_at"],
                 condition=models.Q(status="open"),
                 name="reservation_open",
-            )
+            ),
+            # The cockpit's health of the last hour: a reservation closes in the transaction
+            # that makes its answer final, so recent closings are the recent final answers.
+            models.Index(fields=["closed_at"], name="reservation_closed_recent"),
         ]
 
     def __str__(self) -> str:
@@ -287,6 +290,11 @@ class Alert(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        indexes = [
+            # The cockpit's recent alerts, of every kind and of one kind (overruns).
+            models.Index(fields=["-created_at"], name="alert_recent"),
+            models.Index(fields=["kind", "-created_at"], name="alert_kind_recent"),
+        ]
         constraints = [
             # "Once per budget per period" is a constraint, not a hope.
             models.UniqueConstraint(
@@ -350,3 +358,93 @@ class ProviderAttempt(models.Model):
 
     def __str__(self) -> str:
         return f"{self.cost} USD · {self.message_id} attempt {self.attempt}"
+
+
+# --- Daily rollups of the two ledgers (billing.rollups keeps them) -----------------------
+
+
+class DailyCharge(models.Model):
+    """The tenant-charge ledger (UsageRecord) summed by UTC day, tenant and model.
+
+    Derived, never the truth: billing.rollups adds each ledger row in the transaction that
+    writes it, and `manage.py rebuild_daily_rollups` recomputes every row from the ledger.
+    The cockpit reads these, so its charts cost the same whatever the ledger's size.
+    """
+
+    day = models.DateField(help_text="UTC day of the ledger rows.")
+    tenant = models.ForeignKey("conversations.Tenant", on_delete=models.PROTECT, related_name="+")
+    model = models.ForeignKey(
+        "models_catalog.FoundationModel", on_delete=models.PROTECT, related_name="+"
+    )
+    records = models.PositiveIntegerField(default=0, help_text="Answers charged.")
+    input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    cost = money_field(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["day", "tenant", "model"], name="one_daily_charge_per_tenant_model"
+            )
+        ]
+        indexes = [models.Index(fields=["tenant", "day"], name="daily_charge_tenant")]
+
+    def __str__(self) -> str:
+        return f"{self.day} · {self.tenant_id} · {self.model_id}: {self.cost} USD"
+
+
+class DailyEndUserCharge(models.Model):
+    """Tenant charges summed by UTC day and end user, for a tenant's end users by spend.
+
+    Kept with DailyCharge. Calls without an end user are not here: they are the tenant's
+    DailyCharge less these. Deleting an end user deletes its rows, as its ledger rows then
+    count as "no end user" (the ledger keeps them, without the end user).
+    """
+
+    day = models.DateField(help_text="UTC day of the ledger rows.")
+    tenant = models.ForeignKey("conversations.Tenant", on_delete=models.PROTECT, related_name="+")
+    end_user = models.ForeignKey(
+        "conversations.EndUser", on_delete=models.CASCADE, related_name="+"
+    )
+    records = models.PositiveIntegerField(default=0, help_text="Answers charged.")
+    cost = money_field(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["day", "end_user"], name="one_daily_end_user_charge")
+        ]
+        indexes = [models.Index(fields=["tenant", "day"], name="daily_end_user_charge_tenant")]
+
+    def __str__(self) -> str:
+        return f"{self.day} · {self.end_user_id}: {self.cost} USD"
+
+
+class DailyProviderCost(models.Model):
+    """The provider ledger (ProviderAttempt) summed by UTC day, tenant and model; kept like
+    DailyCharge, in its own table so the two are never locked in one row (see
+    billing.rollups for the lock order)."""
+
+    day = models.DateField(help_text="UTC day of the attempts.")
+    tenant = models.ForeignKey("conversations.Tenant", on_delete=models.PROTECT, related_name="+")
+    model = models.ForeignKey(
+        "models_catalog.FoundationModel", on_delete=models.PROTECT, related_name="+"
+    )
+    attempts = models.PositiveIntegerField(default=0)
+    unpaid_attempts = models.PositiveIntegerField(
+        default=0, help_text="Failed or lost attempts: no tenant pays for them."
+    )
+    input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    cost = money_field(default=0)
+    unpaid_cost = money_field(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["day", "tenant", "model"], name="one_daily_provider_cost_per_tenant_model"
+            )
+        ]
+        indexes = [models.Index(fields=["tenant", "day"], name="daily_provider_tenant")]
+
+    def __str__(self) -> str:
+        return f"{self.day} · {self.tenant_id} · {self.model_id}: {self.cost} USD"

@@ -3,7 +3,9 @@
 Lock order, everywhere: the answer's message row (by the caller), then its reservation, then
 budget rows by id, then quota rows by id. Reserving locks every budget and quota that applies
 to the call, so concurrent requests cannot all pass a check that only one of them fits; on
-SQLite, IMMEDIATE transactions serialise writers to the same effect.
+SQLite, IMMEDIATE transactions serialise writers to the same effect. Each ledger write
+also adds to its daily rollup rows, last thing in its service (billing.rollups says why that
+cannot deadlock).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from billing.models import (
 )
 from billing.periods import period_bounds
 from billing.pricing import price_in_force, token_cost
+from billing.rollups import daily_charge_add, daily_provider_cost_add
 from config.errors import ApplicationError
 
 logger = logging.getLogger(__name__)
@@ -426,6 +429,7 @@ def reservation_settle(
     if unused > 0:
         refunds = [(key, min(amount, unused)) for key, amount in reservation.rate_token_counters]
         transaction.on_commit(lambda: rate_limits.refund(refunds), robust=True)
+    daily_charge_add(record=record)  # last: it locks the day's rollup rows until commit
     return Settlement(record=record, alerts=alerts)
 
 
@@ -507,7 +511,7 @@ def provider_attempt_record(
         return None
     now = timezone.now()
     price = price_in_force(model=reservation.model, at=now)
-    attempt_row, _ = ProviderAttempt.objects.get_or_create(
+    attempt_row, created = ProviderAttempt.objects.get_or_create(
         message_id=message_id,
         attempt=attempt,
         defaults={
@@ -530,6 +534,8 @@ def provider_attempt_record(
             "created_at": now,
         },
     )
+    if created:
+        daily_provider_cost_add(attempt=attempt_row)  # last: locks the day's rollup row
     return attempt_row
 
 
