@@ -5,7 +5,9 @@ An API key's secret exists only in the response that creates it: the add page ca
 flash message, which would carry it through the session or a cookie). The database keeps
 only its salted hash. Revoking is an action that calls `api_key_revoke`.
 
-Staff given only "view" permissions see these pages read-only (see billing/admin.py).
+Staff given only "view" permissions see these pages read-only (see billing/admin.py). A
+tenant's page ends with its spend by day and model, end users and models by spend, budgets
+and alerts (billing/admin_cockpit.py).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from django.utils.html import format_html
 from django.utils.text import slugify
 
 from billing.admin import TENANT_LIMIT_INLINES, TenantSpendColumnsMixin
+from billing.admin_cockpit import tenant_cockpit_context
 from conversations.models import ApiKey, Tenant
 from conversations.services import api_key_create, api_key_revoke
 
@@ -71,6 +74,20 @@ class TenantAdmin(TenantSpendColumnsMixin, admin.ModelAdmin):
     ]  # fmt: skip
     readonly_fields = ["api_keys"]
     inlines = [ApiKeyInline, *TENANT_LIMIT_INLINES]
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        # The tenant's spend, end users and models by spend, budgets and alerts, below the
+        # form (billing.admin_cockpit decides what this staff user may see).
+        extra_context = extra_context or {}
+        if self.get_object(request, object_id) is not None:
+            extra_context.update(tenant_cockpit_context(request, object_id))
+        return super().change_view(request, object_id, form_url, extra_context)
 
     @admin.display(description="API keys")
     def api_keys(self, tenant: Tenant) -> str:
