@@ -176,10 +176,10 @@ def lock_clock_install() -> None:
     from django.db import connection
 
     import billing.services as services
-    import conversations.services.conversations as conversation_services
+    import conversations.services.dispatch as dispatch
 
     # The turn's enqueue runs on commit: the no-op that replaces it reads the clock.
-    conversation_services.generation_enqueue = lambda **_: lock_released()
+    dispatch.generation_enqueue = lambda **_: lock_released()
     if connection.vendor != "postgresql":
         return  # SQLite locks the whole database from BEGIN: there is no row lock to time
     original = services.budget_state

@@ -13,7 +13,6 @@ exactly as POST /api/v1/conversations/{id}/messages makes it.
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -23,9 +22,14 @@ from django.utils import timezone
 from billing import rate_limits
 from billing.services import CallScope, FrozenCall, reservation_create
 from config.errors import ApplicationError, NotFoundError
+from config.redis_client import get_redis
 from conversations.models import Conversation, Message, MessageRole, MessageStatus, Tenant
 from conversations.selectors import conversation_list
 from conversations.services.conversations import end_user_get_or_create, user_message_create
+from conversations.services.dispatch import (
+    generation_enqueue_on_commit,
+    generation_queued_or_fail,
+)
 from models_catalog.catalogue import resolve_model_id
 from models_catalog.models import FoundationModel
 from models_catalog.prompt_formats import Turn, build_prompt
@@ -105,12 +109,6 @@ class ContextLengthExceededError(ApplicationError):
         )
 
 
-def _enqueue_generation(answer_id: uuid.UUID) -> None:
-    from conversations.tasks import generate_answer
-
-    generate_answer.delay(str(answer_id))
-
-
 def _stateless_call_create(*, tenant: Tenant, chat: ChatCompletionRequest) -> Message:
     model = model_get(raw_model_id=chat.model)
     max_gen_len = _max_gen_len(model, chat)
@@ -124,6 +122,8 @@ def _stateless_call_create(*, tenant: Tenant, chat: ChatCompletionRequest) -> Me
     temperature = chat.temperature if chat.temperature is not None else model.default_temperature
     top_p = chat.top_p if chat.top_p is not None else model.default_top_p
     bedrock_model_id = resolve_model_id(chat.model).invocation_id
+    # Redis carries the work: when it is away, refuse (503) before anything is stored.
+    get_redis().ping()
     with rate_limits.given_back_unless_committed() as counted, transaction.atomic():
         end_user = (
             end_user_get_or_create(tenant=tenant, external_id=chat.user) if chat.user else None
@@ -166,8 +166,8 @@ def _stateless_call_create(*, tenant: Tenant, chat: ChatCompletionRequest) -> Me
             ),
             counted=counted,
         )
-        # robust: with the broker away the answer, never started, expires like any turn's.
-        transaction.on_commit(lambda: _enqueue_generation(answer.pk), robust=True)
+        refused = generation_enqueue_on_commit(answer)
+    generation_queued_or_fail(answer, refused)
     return answer
 
 

@@ -25,7 +25,10 @@ from conversations.models import (
     MessageStatus,
     Tenant,
 )
-from conversations.services.dispatch import generation_enqueue
+from conversations.services.dispatch import (
+    generation_enqueue_on_commit,
+    generation_queued_or_fail,
+)
 from models_catalog.catalogue import resolve_model_id
 from models_catalog.models import FoundationModel
 from models_catalog.selectors import foundation_model_get_active
@@ -316,50 +319,14 @@ def user_message_create(
             ),
             counted=counted,
         )
-        answer.enqueued_at = timezone.now()
-        Message.objects.filter(pk=answer.pk).update(enqueued_at=answer.enqueued_at)
-        enqueue_errors: list[Exception] = []
-        transaction.on_commit(lambda: _enqueue_generation(answer, enqueue_errors))
-    if enqueue_errors:
-        _unqueued_answer_fail(answer, enqueue_errors[0])
+        refused = generation_enqueue_on_commit(answer)
+    generation_queued_or_fail(answer, refused)
     context = replace(
         context,
         kept_message_ids=[*context.kept_message_ids, message.id],
         oldest_kept_sequence=context.oldest_kept_sequence or message.sequence,
     )
     return UserTurn(message=message, answer=answer, context=context, parameters=parameters)
-
-
-def _enqueue_generation(answer: Message, errors: list[Exception]) -> None:
-    try:
-        generation_enqueue(message_id=answer.pk, tenant_id=answer.tenant_id)
-    except Exception as error:  # kombu and redis errors alike: the broker is away
-        errors.append(error)
-
-
-class GenerationNotQueuedError(ApplicationError):
-    code = "service_unavailable"
-    http_status = 503
-
-
-def _unqueued_answer_fail(answer: Message, error: Exception) -> None:
-    """The broker refused the task after the turn committed: never answer 202 for work that
-    is not queued. The answer fails at once and its reservation is released; the user turn
-    stays in the history, answered by that failure."""
-    from conversations.services.generation import generation_fail
-
-    generation_fail(
-        message_id=answer.pk,
-        code="not_queued",
-        message=f"The answer could not be queued ({type(error).__name__}); send it again.",
-        release_reason="not_queued",
-    )
-    raise GenerationNotQueuedError(
-        "The answer could not be queued: the task broker is briefly unavailable. Nothing was "
-        "charged; send the message again shortly.",
-        details={"message_id": str(answer.pk)},
-        headers={"Retry-After": "5"},
-    )
 
 
 def _abandoned_answer_cancel(message: Message, now: datetime) -> None:

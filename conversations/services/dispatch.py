@@ -25,6 +25,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from config.errors import ApplicationError
 from conversations.models import Message, MessageStatus
 
 logger = logging.getLogger(__name__)
@@ -48,6 +49,51 @@ def generation_enqueue(
 
     generate_answer.apply_async(
         args=[str(message_id)], queue=generation_queue(tenant_id), countdown=countdown
+    )
+
+
+def generation_enqueue_on_commit(answer: Message) -> list[Exception]:
+    """Inside the transaction that stores a queued answer: stamp it, and hand its task to
+    the broker once the transaction commits. Returns where a broker refusal is collected,
+    for `generation_queued_or_fail` after the transaction."""
+    answer.enqueued_at = timezone.now()
+    Message.objects.filter(pk=answer.pk).update(enqueued_at=answer.enqueued_at)
+    refused: list[Exception] = []
+
+    def enqueue() -> None:
+        try:
+            generation_enqueue(message_id=answer.pk, tenant_id=answer.tenant_id)
+        except Exception as error:  # kombu's and redis's errors alike: the broker is away
+            refused.append(error)
+
+    transaction.on_commit(enqueue)
+    return refused
+
+
+class GenerationNotQueuedError(ApplicationError):
+    code = "service_unavailable"
+    http_status = 503
+
+
+def generation_queued_or_fail(answer: Message, refused: list[Exception]) -> None:
+    """After the commit: if the broker refused the task, never answer 202 for work that is
+    not queued. The answer fails at once, its reservation is released (nothing charged),
+    and the caller gets 503 with Retry-After."""
+    if not refused:
+        return
+    from conversations.services.generation import generation_fail
+
+    generation_fail(
+        message_id=answer.pk,
+        code="not_queued",
+        message=f"The answer could not be queued ({type(refused[0]).__name__}); send it again.",
+        release_reason="not_queued",
+    )
+    raise GenerationNotQueuedError(
+        "The answer could not be queued: the task broker is briefly unavailable. Nothing was "
+        "charged; send the message again shortly.",
+        details={"message_id": str(answer.pk)},
+        headers={"Retry-After": "5"},
     )
 
 

@@ -133,7 +133,7 @@ def enqueued(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
         with lock:
             answer_ids.append(message_id)
 
-    monkeypatch.setattr("conversations.services.conversations.generation_enqueue", record)
+    monkeypatch.setattr("conversations.services.dispatch.generation_enqueue", record)
     return answer_ids
 
 

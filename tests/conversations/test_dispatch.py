@@ -187,7 +187,7 @@ def test_an_answer_the_broker_refuses_after_commit_fails_released_with_503(
     def broker_away(**_: object) -> None:
         raise kombu.exceptions.OperationalError("Connection refused")
 
-    monkeypatch.setattr("conversations.services.conversations.generation_enqueue", broker_away)
+    monkeypatch.setattr("conversations.services.dispatch.generation_enqueue", broker_away)
     from rest_framework.test import APIClient
 
     client = APIClient()

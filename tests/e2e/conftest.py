@@ -133,8 +133,8 @@ def web_server(django_db_setup: None, django_db_blocker: Any) -> Iterator[str]:
         if server.process.poll() is not None:
             pytest.fail(f"web server exited:\n{server.log()}")
         try:
-            return requests.get(f"{base_url}/healthz", timeout=1).status_code == 200
-        except requests.ConnectionError:
+            return requests.get(f"{base_url}/healthz", timeout=5).status_code == 200
+        except requests.RequestException:  # not listening yet, or still importing
             return False
 
     wait_for(healthy, timeout=STARTUP_TIMEOUT_SECONDS)

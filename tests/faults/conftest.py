@@ -123,8 +123,8 @@ def start_web_server(**environment: str) -> tuple[ManagedProcess, str]:
         if server.process.poll() is not None:
             pytest.fail(f"web server exited:\n{server.log()}")
         try:
-            return requests.get(f"{base_url}/healthz", timeout=1).status_code == 200
-        except requests.ConnectionError:
+            return requests.get(f"{base_url}/healthz", timeout=5).status_code == 200
+        except requests.RequestException:  # not listening yet, or still importing
             return False
 
     wait_for(healthy, timeout=STARTUP_TIMEOUT_SECONDS)

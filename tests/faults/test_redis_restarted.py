@@ -3,8 +3,9 @@ that takes its time). The embedded Redis keeps nothing on disk, so a restart los
 streams, the queue and the broker's record of the tasks in progress.
 
 What must hold: an answer in flight is still completed and stored, charged once; an SSE
-client that reconnects with Last-Event-ID gets the rest (a `reset` and the answer again)
-or, if the stream is gone and the answer is final, the final message. A task still
+client keeps its connection through the outage (or reconnects with Last-Event-ID) and gets
+the rest (a `reset` and the answer again) or, if the stream is gone and the answer is
+final, the final message. A task still
 waiting in the queue is gone with the queue: its answer stays queued until the periodic
 expiry fails it and releases its money.
 """
@@ -131,8 +132,10 @@ def test_redis_restarted_while_answers_stream(
             assert follower.final.event == "done"
             final = follower.final.data["message"]
             assert final["status"] == "completed"
-            assert follower.connections >= 2  # the drop was seen, and it came back
-            assert follower.resumed_with
+            # The server rides the outage out on the same connection (it polls the
+            # database meanwhile) or the client reconnects with Last-Event-ID: either way
+            # it ends with the final message.
+            assert follower.connections >= 1
             # The rest of the stream (a reset and the answer again) or the final message:
             # what the client assembled has no gap and nothing twice.
             assert final["content"].startswith(follower.text())

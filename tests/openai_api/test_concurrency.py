@@ -60,11 +60,12 @@ def enqueued(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     answer_ids: list[Any] = []
     lock = threading.Lock()
 
-    def record(answer_id: Any) -> None:
+    def record(*, message_id: Any, tenant_id: int) -> None:
         with lock:
-            answer_ids.append(answer_id)
+            answer_ids.append(message_id)
 
-    monkeypatch.setattr("openai_api.services._enqueue_generation", record)
+    # Where every answer's task is handed to the broker (no worker runs these tests).
+    monkeypatch.setattr("conversations.services.dispatch.generation_enqueue", record)
     return answer_ids
 
 
