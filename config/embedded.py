@@ -42,7 +42,13 @@ def find_redis_server() -> str:
 
 def die_with_parent() -> None:
     """Linux: the child gets SIGTERM when the process that started it dies, even by SIGKILL,
-    so a crashed run command or test run leaves no server behind."""
+    so a crashed run command or test run leaves no server behind.
+
+    The death signal belongs to this one process: fork clears it, so the child's own
+    children (celery's `--beat` process, a prefork pool) are not covered. The run command
+    therefore starts beat as a child of its own and kills a dead child's process group.
+    It also fires when the *thread* that started the child ends: start children from a
+    thread that lives as long as they should (the run command's main thread)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
@@ -72,14 +78,9 @@ class EmbeddedRedis:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self, *, timeout_seconds: float = 10.0) -> None:
-        if port_is_open(self.port):
-            raise EmbeddedRedisError(
-                f"Port {self.port} is already in use; set EMBEDDED_REDIS_PORT to a free port "
-                "or REDIS_URL to use that Redis."
-            )
-        self.directory.mkdir(parents=True, exist_ok=True)
-        command = [
+    def command(self) -> list[str]:
+        """redis-server's argv: the run command restarts a crashed one with the same."""
+        return [
             self.executable,
             "--port", str(self.port),
             "--bind", "127.0.0.1",
@@ -88,27 +89,25 @@ class EmbeddedRedis:
             "--dir", str(self.directory),
             "--loglevel", "warning",
         ]  # fmt: skip
+
+    def start(self, *, timeout_seconds: float = 10.0) -> None:
+        if port_is_open(self.port):
+            raise EmbeddedRedisError(
+                f"Port {self.port} is already in use; set EMBEDDED_REDIS_PORT to a free port "
+                "or REDIS_URL to use that Redis."
+            )
+        self.directory.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
-            command,
+            self.command(),
             stdout=subprocess.DEVNULL,
             start_new_session=True,
             preexec_fn=die_with_parent,
         )
-        self._wait_until_ready(timeout_seconds)
-
-    def _wait_until_ready(self, timeout_seconds: float) -> None:
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
-        deadline = time.monotonic() + timeout_seconds
-        while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                raise EmbeddedRedisError(f"redis-server exited with {self.process.returncode}")
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        self.stop()
-        raise EmbeddedRedisError(f"redis-server did not answer on port {self.port}")
+        try:
+            wait_until_answering(self.port, self.process, timeout_seconds=timeout_seconds)
+        except EmbeddedRedisError:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -119,3 +118,23 @@ class EmbeddedRedis:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+def wait_until_answering(
+    port: int, process: subprocess.Popen[bytes], *, timeout_seconds: float = 10.0
+) -> None:
+    """Return once the redis-server `process` answers PING on `port`."""
+    client = redis.Redis(port=port, socket_connect_timeout=0.5)
+    deadline = time.monotonic() + timeout_seconds
+    try:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise EmbeddedRedisError(f"redis-server exited with {process.returncode}")
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+    finally:
+        client.close()
+    raise EmbeddedRedisError(f"redis-server did not answer on port {port}")

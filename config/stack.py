@@ -2,12 +2,18 @@
 
 `python -m config.stack` migrates, loads the model catalogue, makes sure the demo tenant has
 a key, then runs Redis (unless REDIS_URL is set), the local Bedrock-compatible server
-(unless BEDROCK_ENDPOINT_URL is set), a Celery worker and the ASGI web server until Ctrl-C
-or SIGTERM, and then stops every one of them. It is a laptop tool: production refuses it.
+(unless BEDROCK_ENDPOINT_URL is set), a Celery worker, Celery beat and the ASGI web server
+until Ctrl-C or SIGTERM, and then stops every one of them. It is a laptop tool: production
+refuses it.
+
+It supervises its children: one that exits on its own is restarted after a short backoff
+(the embedded Redis on the same port, empty: the database is the record of truth), and only
+a child that keeps crashing (CRASH_LIMIT times in CRASH_WINDOW_SECONDS) stops the stack.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import signal
@@ -17,18 +23,33 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
 import django
+from django.core.management.base import SystemCheckError
 
-from config.embedded import die_with_parent
+from config.embedded import (
+    EmbeddedRedis,
+    EmbeddedRedisError,
+    die_with_parent,
+    port_is_open,
+    wait_until_answering,
+)
 from config.web_server import uvicorn_command
 
 DEMO_MODEL = "meta.llama3-1-8b-instruct-v1:0"
 JSON_FIELD = "python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])'"
 STOP_TIMEOUT_SECONDS = 15.0
 READY_TIMEOUT_SECONDS = 60.0
+WATCH_INTERVAL_SECONDS = 0.2
+# A child that dies is restarted after 0.5 s, then 1, 2, 4 s (capped) if it keeps dying; its
+# fifth exit within a minute stops the stack: something is wrong that a restart won't fix.
+RESTART_BACKOFF_SECONDS = 0.5
+RESTART_BACKOFF_MAX_SECONDS = 8.0
+CRASH_LIMIT = 5
+CRASH_WINDOW_SECONDS = 60.0
 
 
 class StackError(RuntimeError):
@@ -36,6 +57,9 @@ class StackError(RuntimeError):
 
 
 class Child:
+    """One process of the stack, restartable: the same command, environment and readiness
+    check every time it is started."""
+
     def __init__(
         self,
         name: str,
@@ -43,48 +67,85 @@ class Child:
         environment: dict[str, str],
         *,
         capture_output: bool = False,
+        ready: Callable[[subprocess.Popen[bytes]], None] | None = None,
     ) -> None:
         self.name = name
-        # Own session: Ctrl-C reaches only the run command, which then stops children in order.
+        self.command = command
+        self.environment = environment
+        self.capture_output = capture_output
+        self.ready = ready  # raises StackError when the process did not come up
+        self.process: subprocess.Popen[bytes] | None = None
+        self.exits: collections.deque[float] = collections.deque()  # when it died, recently
+        self.restart_at: float | None = None
+
+    def start(self, *, verb: str = "Started") -> None:
+        # Own session: Ctrl-C reaches only the run command, which then stops children in
+        # order; the child is its process group's leader, so its own children can be found.
         self.process = subprocess.Popen(  # noqa: S603 - argv built here, no shell
-            command,
-            env=environment,
+            self.command,
+            env=self.environment,
             start_new_session=True,
             preexec_fn=die_with_parent,
-            stdout=subprocess.PIPE if capture_output else None,
+            stdout=subprocess.PIPE if self.capture_output else None,
         )
-        print(f"[stack] Started {name} (pid {self.process.pid})", flush=True)
+        print(f"[stack] {verb} {self.name} (pid {self.process.pid})", flush=True)
+        if self.ready is not None:
+            self.ready(self.process)
+        if self.capture_output:
+            self._forward_output(self.process)
 
-    def forward_output(self) -> None:
+    @staticmethod
+    def _forward_output(process: subprocess.Popen[bytes]) -> None:
         """Copy the rest of a captured stdout to ours, so its pipe never fills up."""
 
         def copy() -> None:
-            assert self.process.stdout is not None
-            for line in self.process.stdout:
+            assert process.stdout is not None
+            for line in process.stdout:
                 sys.stdout.buffer.write(line)
                 sys.stdout.flush()
 
         threading.Thread(target=copy, daemon=True).start()
 
-    def is_running(self) -> bool:
-        return self.process.poll() is None
-
-    def stop(self) -> None:
-        if not self.is_running():
-            return
-        # The main process only: a Celery worker then finishes its tasks (warm shutdown) and
-        # stops its own pool; signalling the whole group would kill tasks mid-answer.
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.process.pid, signal.SIGTERM)
+    def has_exited(self) -> bool:
+        """Whether the process has ended, without reaping it: until `stop` reaps it, its pid
+        (the id of its process group) cannot be given to another process."""
+        process = self.process
+        if process is None or process.returncode is not None:
+            return True
         try:
-            self.process.wait(timeout=STOP_TIMEOUT_SECONDS)
-        except subprocess.TimeoutExpired:
-            print(f"[stack] {self.name} did not stop in time; killing it.", flush=True)
-        # The whole group: a Celery worker's pool processes must not outlive it.
+            state = os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return True
+        return state is not None
+
+    def _wait_for_exit(self, timeout_seconds: float) -> bool:
+        deadline = time.monotonic() + timeout_seconds
+        while not self.has_exited():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def stop(self) -> int | None:
+        """Stop the process (if it still runs) and everything left in its process group;
+        return its exit code (None when it was never started or is already reaped)."""
+        process = self.process
+        if process is None or process.returncode is not None:
+            return None
+        if not self.has_exited():
+            # The main process only: a Celery worker then finishes its tasks (warm shutdown)
+            # and stops its own pool; signalling the whole group would kill tasks mid-answer.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGTERM)
+            if not self._wait_for_exit(STOP_TIMEOUT_SECONDS):
+                print(f"[stack] {self.name} did not stop in time; killing it.", flush=True)
+        # The whole group, while the unreaped leader still holds its id: whatever the child
+        # started (a pool process, a beat process) must not outlive it, even after SIGKILL.
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
-        _wait_for_group_to_vanish(self.process.pid)
+            os.killpg(process.pid, signal.SIGKILL)
+        code = process.wait()
+        _wait_for_group_to_vanish(process.pid)
+        return code
 
 
 def _wait_for_group_to_vanish(group_id: int, timeout_seconds: float = 5.0) -> None:
@@ -98,6 +159,69 @@ def _wait_for_group_to_vanish(group_id: int, timeout_seconds: float = 5.0) -> No
         time.sleep(0.05)
 
 
+def _exit_description(code: int) -> str:
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+        return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+class Supervisor:
+    """Starts children in order, restarts one that exits, stops them in reverse order.
+
+    Everything runs on the main thread: a child's death signal fires when the thread that
+    started it ends, and the signal handlers (Ctrl-C, SIGTERM) run there.
+    """
+
+    def __init__(self) -> None:
+        self.children: list[Child] = []
+
+    def start(self, child: Child) -> None:
+        self.children.append(child)  # before starting: a child that fails to start is stopped
+        child.start()
+
+    def watch(self) -> None:
+        """Restart children that exited, once their backoff is over."""
+        now = time.monotonic()
+        for child in self.children:
+            if child.restart_at is not None:
+                if now >= child.restart_at:
+                    child.restart_at = None
+                    self._restart(child)
+            elif child.has_exited():
+                assert child.process is not None
+                pid = child.process.pid
+                code = child.stop()
+                how = _exit_description(code) if code is not None else "exited"
+                self._schedule_restart(child, f"{child.name} (pid {pid}) {how}")
+
+    def _restart(self, child: Child) -> None:
+        try:
+            child.start(verb="Restarted")
+        except StackError as error:
+            child.stop()
+            self._schedule_restart(child, f"{child.name} did not come back ({error})")
+
+    def _schedule_restart(self, child: Child, what_happened: str) -> None:
+        now = time.monotonic()
+        child.exits.append(now)
+        while child.exits and child.exits[0] < now - CRASH_WINDOW_SECONDS:
+            child.exits.popleft()
+        crashes = len(child.exits)
+        if crashes >= CRASH_LIMIT:
+            raise StackError(
+                f"{what_happened}: {crashes} exits in {CRASH_WINDOW_SECONDS:.0f} s, giving up"
+            )
+        delay = min(RESTART_BACKOFF_SECONDS * 2 ** (crashes - 1), RESTART_BACKOFF_MAX_SECONDS)
+        print(f"[stack] {what_happened}; restarting it in {delay:g} s", flush=True)
+        child.restart_at = now + delay
+
+    def stop(self) -> None:
+        for child in reversed(self.children):
+            child.stop()
+
+
 class Stop(Exception):  # noqa: N818 - a control-flow signal, not an error
     pass
 
@@ -106,36 +230,48 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
     raise Stop(signal.Signals(signum).name)
 
 
-def _start_local_bedrock(environment: dict[str, str]) -> Child:
-    """The local Bedrock-compatible server, as a child; waits for its ready line."""
-    port = environment.get("LOCAL_BEDROCK_PORT", "8001")
-    child = Child(
+def _embedded_redis(redis_server: EmbeddedRedis) -> Child:
+    """The embedded Redis as a child: restarted on the same port and directory, empty."""
+
+    def ready(process: subprocess.Popen[bytes]) -> None:
+        try:
+            wait_until_answering(redis_server.port, process)
+        except EmbeddedRedisError as error:
+            raise StackError(str(error)) from error
+
+    redis_server.directory.mkdir(parents=True, exist_ok=True)
+    return Child("embedded Redis", redis_server.command(), dict(os.environ), ready=ready)
+
+
+def _local_bedrock(environment: dict[str, str], port: str) -> Child:
+    """The local Bedrock-compatible server as a child, ready once it prints its ready line."""
+
+    def ready(process: subprocess.Popen[bytes]) -> None:
+        assert process.stdout is not None
+        line = process.stdout.readline().decode()
+        if not line.startswith("Local Bedrock server on "):
+            raise StackError(f"the local Bedrock server did not start (port {port} taken?)")
+
+    return Child(
         "local Bedrock server",
         [sys.executable, "-m", "models_catalog.bedrock.local_server", "--port", port],
         environment,
         capture_output=True,
+        ready=ready,
     )
-    assert child.process.stdout is not None
-    line = child.process.stdout.readline().decode()
-    if not line.startswith("Local Bedrock server on "):
-        raise StackError(f"the local Bedrock server did not start (port {port} taken?)")
-    child.forward_output()
-    return child
 
 
-def _wait_until_ready(url: str, children: list[Child]) -> None:
+def _wait_until_ready(url: str, supervisor: Supervisor) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
-        for child in children:
-            if not child.is_running():
-                raise StackError(f"{child.name} exited with {child.process.returncode}")
+        supervisor.watch()
         try:
             with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - our URL
                 if response.status == 200:
                     return
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass
-        time.sleep(0.2)
+        time.sleep(WATCH_INTERVAL_SECONDS)
     raise StackError(f"the web server was not ready at {url} in {READY_TIMEOUT_SECONDS:.0f} s")
 
 
@@ -144,6 +280,8 @@ def _bootstrap(base_dir: Path) -> str:
 
     from conversations.demo import demo_api_key_ensure
 
+    # Settings whose timeouts contradict each other (config/checks.py) stop us here.
+    call_command("check", fail_level="ERROR")
     call_command("migrate", interactive=False, verbosity=0)
     call_command("load_model_catalogue")
     key_file = os.environ.get("DEMO_API_KEY_FILE") or base_dir / "var" / "demo_api_key"
@@ -181,25 +319,26 @@ def run() -> int:
     base_dir = Path(__file__).resolve().parent.parent
     host = os.environ.get("HOST", "127.0.0.1")
     port = int(os.environ.get("PORT", "8000"))
-    children: list[Child] = []
-    embedded_redis = None
+    beat_schedule = os.environ.get("BEAT_SCHEDULE_FILE") or str(
+        base_dir / "var" / "celerybeat-schedule"
+    )
+    supervisor = Supervisor()
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGINT, _raise_stop)
     try:
-        from config.embedded import EmbeddedRedis, port_is_open
-
         if port_is_open(port, host):
             raise StackError(f"port {port} is already in use; set PORT to a free port")
         if not os.environ.get("REDIS_URL"):
             redis_port = int(os.environ.get("EMBEDDED_REDIS_PORT", "6380"))
-            embedded_redis = EmbeddedRedis(port=redis_port, directory=base_dir / "var" / "redis")
-            embedded_redis.start()
-            os.environ["REDIS_URL"] = embedded_redis.url
-            print(
-                f"[stack] Embedded Redis ({embedded_redis.executable}) on {embedded_redis.url} "
-                f"(pid {embedded_redis.process.pid})",
-                flush=True,
-            )
+            if port_is_open(redis_port):
+                raise StackError(
+                    f"port {redis_port} is already in use; set EMBEDDED_REDIS_PORT to a free "
+                    "port or REDIS_URL to use that Redis"
+                )
+            redis_server = EmbeddedRedis(port=redis_port, directory=base_dir / "var" / "redis")
+            supervisor.start(_embedded_redis(redis_server))
+            os.environ["REDIS_URL"] = redis_server.url
+            print(f"[stack] Embedded Redis: {redis_server.executable} on {redis_server.url}")
         if os.environ.get("DJANGO_ENV") == "production":
             raise StackError(
                 "the run command starts laptop stand-ins (embedded Redis, local Bedrock); "
@@ -209,49 +348,51 @@ def run() -> int:
         api_key = _bootstrap(base_dir)
         environment = dict(os.environ)
         if not environment.get("BEDROCK_ENDPOINT_URL"):
-            children.append(_start_local_bedrock(environment))
-            environment["BEDROCK_ENDPOINT_URL"] = (
-                f"http://127.0.0.1:{environment.get('LOCAL_BEDROCK_PORT', '8001')}"
-            )
+            bedrock_port = environment.get("LOCAL_BEDROCK_PORT", "8001")
+            supervisor.start(_local_bedrock(environment, bedrock_port))
+            environment["BEDROCK_ENDPOINT_URL"] = f"http://127.0.0.1:{bedrock_port}"
             os.environ["BEDROCK_ENDPOINT_URL"] = environment["BEDROCK_ENDPOINT_URL"]
-        python = sys.executable
-        children.append(
+        celery = [sys.executable, "-m", "celery", "-A", "config"]
+        supervisor.start(
             Child(
                 "celery worker",
-                [python, "-m", "celery", "-A", "config", "worker", "--loglevel=INFO",
-                 "--pool=threads", "--concurrency=16", "--without-gossip",
-                 "--without-mingle", "--beat",
-                 "--schedule", str(base_dir / "var" / "celerybeat-schedule")],
+                [*celery, "worker", "--loglevel=INFO", "--pool=threads", "--concurrency=16",
+                 "--without-gossip", "--without-mingle"],
                 environment,
             )
         )  # fmt: skip
+        # Beat as a child of ours rather than inside the worker (--beat): the worker's own
+        # child would outlive a worker killed with SIGKILL, and a second one would start
+        # beside it with the new worker.
+        supervisor.start(
+            Child(
+                "celery beat",
+                [*celery, "beat", "--loglevel=INFO", "--schedule", beat_schedule],
+                environment,
+            )
+        )
         web_arguments = ["--host", host, "--port", str(port)]
         web_arguments += ["--no-access-log", "--timeout-graceful-shutdown", "5"]
-        children.append(
+        supervisor.start(
             Child("web server", uvicorn_command(environment, web_arguments), environment)
         )
         base_url = f"http://{host}:{port}"
-        _wait_until_ready(f"{base_url}/readyz", children)
+        _wait_until_ready(f"{base_url}/readyz", supervisor)
         print(_banner(base_url, api_key, environment), flush=True)
         while True:
-            for child in children:
-                if not child.is_running():
-                    raise StackError(f"{child.name} exited with {child.process.returncode}")
-            time.sleep(0.5)
+            supervisor.watch()
+            time.sleep(WATCH_INTERVAL_SECONDS)
     except Stop as stop:
         print(f"\n[stack] {stop}: stopping.", flush=True)
         return 0
-    except StackError as error:
+    except (StackError, SystemCheckError) as error:
         print(f"[stack] error: {error}", file=sys.stderr, flush=True)
         return 1
     finally:
         # A second Ctrl-C must not interrupt the orderly stop and leave orphans.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        for child in reversed(children):
-            child.stop()
-        if embedded_redis is not None:
-            embedded_redis.stop()
+        supervisor.stop()
         print("[stack] All processes stopped.", flush=True)
 
 
