@@ -224,6 +224,9 @@ CELERY_BEAT_SCHEDULE["sweep-generations"] = {
 ANSWER_STREAM_TTL_SECONDS = env.int("ANSWER_STREAM_TTL_SECONDS", default=3600)
 ANSWER_STREAM_MAX_EVENTS = env.int("ANSWER_STREAM_MAX_EVENTS", default=20_000)
 SSE_HEARTBEAT_SECONDS = env.float("SSE_HEARTBEAT_SECONDS", default=15.0)
+# Idle timeout of the proxy or load balancer in front (0: none declared). config/checks.py
+# refuses silent waits (mode: sync, ...) it would cut, and SSE heartbeats it would outlast.
+PROXY_IDLE_TIMEOUT_SECONDS = env.float("PROXY_IDLE_TIMEOUT_SECONDS", default=0.0)
 
 # Bedrock
 AWS_REGION = env.str("AWS_REGION", default="us-west-2")
