@@ -6,6 +6,8 @@ COPY config ./config
 COPY conversations ./conversations
 COPY billing ./billing
 COPY models_catalog ./models_catalog
+COPY idempotency ./idempotency
+COPY openai_api ./openai_api
 COPY manage.py ./
 RUN pip install --no-cache-dir . \
     && SECRET_KEY=build-only-placeholder-secret-key-not-used-at-runtime ALLOWED_HOSTS=build \
