@@ -223,6 +223,9 @@ CELERY_BEAT_SCHEDULE["sweep-generations"] = {
 }
 ANSWER_STREAM_TTL_SECONDS = env.int("ANSWER_STREAM_TTL_SECONDS", default=3600)
 ANSWER_STREAM_MAX_EVENTS = env.int("ANSWER_STREAM_MAX_EVENTS", default=20_000)
+# Deltas arriving within this long of the last publish are sent as one event (the first
+# delta always goes at once).
+ANSWER_STREAM_COALESCE_SECONDS = env.float("ANSWER_STREAM_COALESCE_SECONDS", default=0.03)
 SSE_HEARTBEAT_SECONDS = env.float("SSE_HEARTBEAT_SECONDS", default=15.0)
 # Idle timeout of the proxy or load balancer in front (0: none declared). config/checks.py
 # refuses silent waits (mode: sync, ...) it would cut, and SSE heartbeats it would outlast.
