@@ -37,7 +37,7 @@ PALETTE = (
     "#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948",
     "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac", "#1f77b4", "#8c564b",
 )  # fmt: skip
-PROVIDER_COLOUR = "#222222"
+PROVIDER_COLOUR = "currentColor"  # the text's colour: readable on both admin themes
 GAIN, LOSS = "#2e8540", "#ba2121"
 NEAREST_BUDGETS = 10
 

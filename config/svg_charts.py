@@ -10,8 +10,8 @@ scale. Every bar segment and line point carries a <title> (the browser's tooltip
 (a Decimal stays exact there), so the numbers behind a chart can be read back.
 
 Text comes from the caller (model ids, tenant names): every piece of it is escaped, and
-colours must be #rrggbb, so nothing given can break out of the markup. Chart text and axes
-use `currentColor` and the admin's CSS variables, so the admin's dark theme applies.
+colours must be #rrggbb (or currentColor), so nothing given can break out of the markup.
+Chart text and axes use `currentColor`, so they follow the page's theme, dark or light.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from decimal import Decimal
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
-COLOUR = re.compile(r"#[0-9a-fA-F]{6}")
+# #rrggbb, or the text's own colour (dark on a light theme, light on a dark one).
+COLOUR = re.compile(r"#[0-9a-fA-F]{6}|currentColor")
 CHARACTER_WIDTH = 6.5  # a 11px sans-serif character, roughly, for laying out the legend
 Number = float | int | Decimal
 
@@ -38,7 +39,9 @@ class Series:
 
     def __post_init__(self) -> None:
         if not COLOUR.fullmatch(self.colour):
-            raise ValueError(f"colour must look like #1f77b4, not {self.colour!r}")
+            raise ValueError(
+                f"colour must look like #1f77b4 or be currentColor, not {self.colour!r}"
+            )
 
 
 def _number(value: float) -> str:

@@ -212,6 +212,9 @@ def test_staff_see_the_cockpit_and_a_tenants_page_with_the_ledgers_figures(
     assert page.locator("#cockpit input, #cockpit form").count() == 0
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "cockpit.png"), full_page=True)
+    page.emulate_media(color_scheme="dark")  # the admin's dark theme follows the system's
+    page.screenshot(path=str(SCREENSHOTS / "cockpit-dark.png"), full_page=True)
+    page.emulate_media(color_scheme="light")
 
     page.click("#tenants-by-spend tr[data-key='acme'] a")
     page.wait_for_selector("#cockpit #spend-by-day svg")

@@ -70,7 +70,7 @@ def test_text_from_callers_is_escaped_and_colours_are_checked() -> None:
         title=hostile,
         categories=[hostile],
         bars=[Series(hostile, [1], "#123456")],
-        lines=[Series("l & m", [1], "#654321")],
+        lines=[Series("l & m", [1], "currentColor")],
     )
     assert "<script" not in svg
     root = parse(svg)  # still one well-formed element
