@@ -45,6 +45,17 @@ answer: the worker used under half a core for 50 users. ``--worker-pool prefork`
 run command's pool instead (then at most 16 children by default; 8 for 20 users already
 queues answers). Defaults take about two minutes. Every process started here is stopped at
 the end, also on Ctrl-C or SIGTERM.
+
+``--scenario noisy-neighbour`` measures something else (benchmarks/noisy_neighbour.py):
+tenant B's few chat users, alone, then while tenant A floods (60 clients, no think time)
+without a quota, then with an operator quota of 60 requests a minute; B's GET latency, time
+to first token, queue wait and errors per phase, and A's requests by status. Its worker is
+the run command's (``--pool=threads --concurrency=16``). About four minutes.
+
+    .venv/bin/python benchmarks/load.py --scenario noisy-neighbour
+    .venv/bin/python benchmarks/load.py --scenario noisy-neighbour \\
+        --database-url postgres://postgres@127.0.0.1:5432/bench_noisy \\
+        --redis-url redis://127.0.0.1:6379/9
 """
 
 from __future__ import annotations
@@ -803,7 +814,14 @@ def _answer_tokens(value: str) -> int | None:
 
 
 def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
+    from benchmarks import noisy_neighbour  # here, not at the top: it imports this module
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument(
+        "--scenario", choices=["chat", "noisy-neighbour"], default="chat",
+        help="chat: users, then the ceiling (default); noisy-neighbour: tenant B's users "
+        "alone, then while tenant A floods, without and with a quota",
+    )  # fmt: skip
     parser.add_argument("--database-url", help="default: a throwaway SQLite file")
     parser.add_argument("--redis-url", help="default: an embedded redis-server on a free port")
     parser.add_argument("--users", type=int, default=20, help="simulated chat users (20)")
@@ -823,7 +841,8 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--worker-concurrency", type=int,
         help="worker threads or prefork children (default: --users, i.e. one per answer in "
-        "flight at most, for threads; at most 16 for prefork)",
+        "flight at most, for threads; at most 16 for prefork; noisy-neighbour: 16, as the "
+        "run command)",
     )  # fmt: skip
     parser.add_argument("--ceiling-clients", type=int, help="default: --users")
     parser.add_argument("--ceiling-duration", type=float, default=15.0, help="seconds (15)")
@@ -831,12 +850,21 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         "--healthz-duration", type=float, default=10.0, help="seconds (10); 0 skips /healthz"
     )
     parser.add_argument("--seed", type=int, default=1, help="of the think times")
+    noisy_neighbour.add_arguments(parser)
     arguments = parser.parse_args(argv)
     think_min, think_max = arguments.think_time
     if arguments.users < 1 or arguments.duration <= 0 or arguments.turns_per_conversation < 1:
         parser.error("--users, --duration and --turns-per-conversation must be positive")
     if not 0 <= think_min <= think_max:
         parser.error("--think-time needs 0 <= MIN <= MAX")
+    if arguments.scenario == "noisy-neighbour":
+        if arguments.answer_tokens is None:
+            parser.error("--scenario noisy-neighbour needs a fixed --answer-tokens")
+        if min(arguments.neighbour_users, arguments.flood_clients) < 1:
+            parser.error("--neighbour-users and --flood-clients must be positive")
+        if arguments.worker_concurrency is None:
+            # The run command's worker (config/stack.py): what fair sharing is meant for.
+            arguments.worker_concurrency = 16
     if arguments.worker_concurrency is None:
         arguments.worker_concurrency = (
             arguments.users if arguments.worker_pool == "threads" else min(arguments.users, 16)
@@ -851,6 +879,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = parse_arguments(argv)
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
+    if arguments.scenario == "noisy-neighbour":
+        from benchmarks.noisy_neighbour import run_noisy_neighbour
+
+        return run_noisy_neighbour(arguments, argv)
     settings = ChatSettings(
         users=arguments.users,
         duration=arguments.duration,
