@@ -139,3 +139,17 @@ def refund(keys_and_amounts: list[tuple[str, int]]) -> None:
 
 def now_seconds() -> float:
     return time.time()
+
+
+def first_full(charges: list[RateCharge]) -> RateCharge | None:
+    """The first charge whose window has no room left for it, without counting anything
+    (a plain read; with no charges, a PING, so Redis away still raises)."""
+    client = get_redis()
+    if not charges:
+        client.ping()
+        return None
+    values = client.mget([charge.key for charge in charges])
+    for charge, value in zip(charges, values, strict=True):
+        if int(value or 0) + charge.amount > charge.limit:
+            return charge
+    return None

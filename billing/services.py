@@ -267,14 +267,7 @@ def reservation_create(
     charges = _rate_charges(quotas, scope.end_user_id, worst_case_tokens, clock)
     refused = rate_limits.check_and_count(charges, clock, counted=counted)
     if refused is not None:
-        retry_after = refused.retry_after_seconds(clock)
-        raise QuotaExceededError(
-            f"Quota of {refused.limit} {refused.description} reached; retry in "
-            f"{retry_after} s.",
-            details={"limit": refused.description, "allowed": refused.limit,
-                     "retry_after_seconds": retry_after},
-            headers={"Retry-After": str(retry_after)},
-        )  # fmt: skip
+        raise _quota_refused(refused, clock)
     token_counters = [[charge.key, charge.amount] for charge in charges if charge.refundable]
     return Reservation.objects.create(
         tenant_id=scope.tenant_id,
@@ -293,6 +286,36 @@ def reservation_create(
         amount=amount,
         rate_token_counters=token_counters,
     )
+
+
+def _quota_refused(refused: rate_limits.RateCharge, clock: float) -> QuotaExceededError:
+    retry_after = refused.retry_after_seconds(clock)
+    return QuotaExceededError(
+        f"Quota of {refused.limit} {refused.description} reached; retry in {retry_after} s.",
+        details={"limit": refused.description, "allowed": refused.limit,
+                 "retry_after_seconds": retry_after},
+        headers={"Retry-After": str(retry_after)},
+    )  # fmt: skip
+
+
+def quota_precheck(*, scope: CallScope) -> None:
+    """Refuse at once (429) a call whose requests-per-minute window is already full.
+
+    One small read of the quotas and one Redis read, before any other work: a tenant
+    flooding past its quota then costs the service little, so it cannot slow the others.
+    Nothing is counted here (the exact check-and-count is in `reservation_create`). It is
+    also the request's first touch of Redis: with Redis away it raises (the API's 503).
+    """
+    quotas = [q for q in quotas_for_call(scope) if q.requests_per_minute is not None]
+    clock = rate_limits.now_seconds()
+    charges = [
+        charge
+        for charge in _rate_charges(quotas, scope.end_user_id, 0, clock)
+        if not charge.refundable
+    ]
+    full = rate_limits.first_full(charges)
+    if full is not None:
+        raise _quota_refused(full, clock)
 
 
 def frozen_call_get(*, message_id: Any) -> FrozenCall | None:

@@ -20,10 +20,16 @@ from django.db import transaction
 from django.utils import timezone
 
 from billing import rate_limits
-from billing.services import CallScope, FrozenCall, reservation_create
+from billing.services import CallScope, FrozenCall, quota_precheck, reservation_create
 from config.errors import ApplicationError, NotFoundError
-from config.redis_client import get_redis
-from conversations.models import Conversation, Message, MessageRole, MessageStatus, Tenant
+from conversations.models import (
+    Conversation,
+    EndUser,
+    Message,
+    MessageRole,
+    MessageStatus,
+    Tenant,
+)
 from conversations.selectors import conversation_list
 from conversations.services.conversations import end_user_get_or_create, user_message_create
 from conversations.services.dispatch import (
@@ -122,8 +128,16 @@ def _stateless_call_create(*, tenant: Tenant, chat: ChatCompletionRequest) -> Me
     temperature = chat.temperature if chat.temperature is not None else model.default_temperature
     top_p = chat.top_p if chat.top_p is not None else model.default_top_p
     bedrock_model_id = resolve_model_id(chat.model).invocation_id
-    # Redis carries the work: when it is away, refuse (503) before anything is stored.
-    get_redis().ping()
+    # Before any work: a known-full rate window is refused at once, and Redis away (it
+    # carries the work) is a 503 before anything is stored.
+    end_user_id = (
+        EndUser.objects.filter(tenant=tenant, external_id=chat.user)
+        .values_list("pk", flat=True)
+        .first()
+        if chat.user
+        else None
+    )
+    quota_precheck(scope=CallScope(tenant_id=tenant.pk, end_user_id=end_user_id, model_id=model.pk))
     with rate_limits.given_back_unless_committed() as counted, transaction.atomic():
         end_user = (
             end_user_get_or_create(tenant=tenant, external_id=chat.user) if chat.user else None

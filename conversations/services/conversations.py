@@ -13,9 +13,14 @@ from django.db.models import Q
 from django.utils import timezone
 
 from billing import rate_limits
-from billing.services import CallScope, FrozenCall, reservation_create, reservation_release
+from billing.services import (
+    CallScope,
+    FrozenCall,
+    quota_precheck,
+    reservation_create,
+    reservation_release,
+)
 from config.errors import ApplicationError, NotFoundError
-from config.redis_client import get_redis
 from conversations.context import BuiltContext, context_build, message_token_count
 from conversations.models import (
     Conversation,
@@ -259,9 +264,16 @@ def user_message_create(
             "model (GET /api/v1/models).",
             code="model_inactive",
         )
+    scope = CallScope(
+        tenant_id=conversation.tenant_id,
+        end_user_id=conversation.end_user_id,
+        model_id=model.pk,
+        time_zone=conversation.tenant.time_zone,
+    )
+    # Before any work: a known-full rate window is refused at once, and Redis away (it
+    # carries the work) is a 503 before anything is stored.
+    quota_precheck(scope=scope)
     token_count = message_token_count(model, content)
-    # Redis carries the work: when it is away, refuse (503) before anything is stored.
-    get_redis().ping()
     with rate_limits.given_back_unless_committed() as counted, transaction.atomic():
         # The row lock serialises turns of one conversation: sequence numbers stay gapless
         # and the context is built from the history this turn really follows.
@@ -300,12 +312,7 @@ def user_message_create(
             top_p=parameters.top_p,
         )
         reservation_create(
-            scope=CallScope(
-                tenant_id=locked.tenant_id,
-                end_user_id=locked.end_user_id,
-                model_id=model.pk,
-                time_zone=locked.tenant.time_zone,
-            ),
+            scope=scope,
             message_id=answer.pk,
             conversation_id=locked.pk,
             model=model,

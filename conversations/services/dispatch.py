@@ -31,8 +31,10 @@ from conversations.models import Message, MessageStatus
 logger = logging.getLogger(__name__)
 
 WORKER_LOST_CODE = "worker_lost"
-# How long a deferred answer waits before its task is offered again (plus jitter).
-DEFER_SECONDS = 1.0
+# How long an answer deferred by its tenant's cap waits before its task is offered again
+# (plus as much again in jitter): long enough that a flooder's backlog costs the workers
+# little, short against an answer's length.
+DEFER_SECONDS = 2.0
 # One sweep handles at most this many of each kind; the next sweep takes the rest.
 SWEEP_BATCH_SIZE = 500
 

@@ -30,7 +30,7 @@ from billing.services import (
 )
 from conversations import answer_stream
 from conversations.context import message_token_count
-from conversations.models import Message, MessageStatus
+from conversations.models import Message, MessageStatus, Tenant
 from models_catalog.bedrock import client as bedrock
 from models_catalog.bedrock.errors import BedrockError
 
@@ -67,8 +67,6 @@ def _tenant_has_its_share_running(tenant_id: int, message_id: uuid.UUID) -> bool
     running = Message.objects.filter(
         tenant_id=tenant_id, status=MessageStatus.RUNNING, lease_expires_at__gte=timezone.now()
     ).exclude(pk=message_id)
-    # Counted, then claimed: two claims racing may both pass, so the cap is a fair-share
-    # bound, not an exact one (money is never at stake here; budgets and quotas are exact).
     return running.count() >= cap
 
 
@@ -88,19 +86,24 @@ def _claim(message_id: uuid.UUID) -> _Claim | Outcome:
         # A duplicate delivery, or a redelivery whose dead worker's lease has not lapsed
         # yet: never take a live lease; come back when it would have lapsed.
         return Outcome.HELD
-    if _tenant_has_its_share_running(current["tenant_id"], message_id):
-        return Outcome.DEFERRED
     claimable = (
         Q(status=MessageStatus.QUEUED)
         | Q(status=MessageStatus.RUNNING, lease_expires_at__lt=now)
         | Q(status=MessageStatus.RUNNING, lease_expires_at__isnull=True)
     )
-    claimed = Message.objects.filter(claimable, pk=message_id).update(
-        status=MessageStatus.RUNNING,
-        attempt_count=F("attempt_count") + 1,
-        lease_expires_at=_lease_until(),
-        updated_at=now,
-    )
+    with transaction.atomic():
+        if settings.GENERATION_TENANT_MAX_RUNNING > 0:
+            # The tenant's row lock makes "count, then claim" one step per tenant, so
+            # concurrent claims cannot all pass the cap together.
+            Tenant.objects.select_for_update().filter(pk=current["tenant_id"]).exists()
+        if _tenant_has_its_share_running(current["tenant_id"], message_id):
+            return Outcome.DEFERRED
+        claimed = Message.objects.filter(claimable, pk=message_id).update(
+            status=MessageStatus.RUNNING,
+            attempt_count=F("attempt_count") + 1,
+            lease_expires_at=_lease_until(),
+            updated_at=now,
+        )
     if not claimed:
         return Outcome.SKIPPED
     message = Message.objects.select_related("conversation__model", "conversation__tenant").get(

@@ -25,7 +25,6 @@ from billing.webhooks import (
     webhook_signature,
     webhook_signature_verify,
 )
-from config.celery import app as celery_app
 from config.embedded import free_port
 from conversations.services.conversations import conversation_create, user_message_create
 from tests.conftest import make_tenant
@@ -340,7 +339,7 @@ def test_secret_and_url_are_never_logged(db, receiver, caplog) -> None:
 
 
 def test_an_alert_created_by_settlement_is_sent_after_commit(
-    db, receiver, monkeypatch, django_capture_on_commit_callbacks
+    db, receiver, settings, django_capture_on_commit_callbacks
 ) -> None:
     tenant = make_tenant("acme", webhook_url=receiver.url, webhook_secret=SECRET)
     # A soft budget, so the turn is accepted, that this one answer fills at once.
@@ -349,7 +348,8 @@ def test_an_alert_created_by_settlement_is_sent_after_commit(
     )
     conversation = conversation_create(tenant=tenant, model_id=LLAMA3)
     turn = user_message_create(conversation=conversation, content="Hello")
-    monkeypatch.setitem(celery_app.conf, "task_always_eager", True)
+    # Celery reads its configuration from the Django settings (namespace CELERY).
+    settings.CELERY_TASK_ALWAYS_EAGER = True
 
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         with transaction.atomic():
