@@ -397,7 +397,10 @@ def message_cancel(*, message: Message) -> Message:
             pk=message.pk, status=MessageStatus.RUNNING, cancel_requested_at__isnull=True
         ).update(cancel_requested_at=now, updated_at=now)
         _abandoned_answer_cancel(message, now)
-    message.refresh_from_db()
+    try:
+        message.refresh_from_db()
+    except Message.DoesNotExist:  # deleted with its conversation meanwhile
+        raise NotFoundError("Not found.") from None
     if message.status in (MessageStatus.COMPLETED, MessageStatus.FAILED):
         raise NotCancellableError(f"The answer is already {message.status}.")
     return message

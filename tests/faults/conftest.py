@@ -59,6 +59,8 @@ WORKER_ENVIRONMENT = {
     # A killed worker's lease lapses in seconds, so its answer is taken over quickly.
     "GENERATION_LEASE_SECONDS": "2",
     "GENERATION_LEASE_RENEW_SECONDS": "0.4",
+    # One stream entry per token: the fault points below are counted in stream entries.
+    "ANSWER_STREAM_COALESCE_SECONDS": "0",
 }
 
 
