@@ -74,30 +74,31 @@ AREAS: list[tuple[str, str]] = [
     ("idempotency/", "ours: idempotency"),
     ("config/", "ours: config"),
 ]
-# Named costs: samples whose stack holds a frame containing the pattern (inclusive).
-SPOTS: list[tuple[str, str]] = [
-    ("Celery apply_async (enqueue the answer's task)", "Task.apply_async ("),
-    ("  of which: result-backend lookup (entry points)", "load_extension_class_names"),
-    ("new database connection (CONN_MAX_AGE=0)", "get_new_connection ("),
-    ("database connection close", "BaseDatabaseWrapper.close ("),
-    ("new Redis connection (connect, handshake)", "AbstractConnection.connect ("),
-    ("  of which: redis-py reads its version from package metadata", "get_lib_version ("),
-    ("answer stream read (XREAD until done)", "read_until_final ("),
-    ("asgiref SyncToAsync/AsyncToSync frames", "asgiref/"),
-    ("API key authentication", "api_key_authenticate ("),
-    ("reservation (budgets and quotas)", "reservation_create ("),
-    ("rate-limit counters in Redis (Lua)", "billing/rate_limits.py"),
-    ("idempotency", "idempotency/"),
-    ("DRF serializers", "rest_framework/serializers.py"),
-    ("response rendering (JSON)", "rest_framework/renderers.py"),
-    ("token counting (tiktoken)", "models_catalog/tokenizer"),
-    ("worker: claim the answer", "_claim (conversations/services/generation.py"),
-    ("worker: the boto3 stream", "stream (models_catalog/bedrock/client.py"),
-    ("worker: publish to the answer stream", "publish (conversations/answer_stream.py"),
-    ("worker: store, ledger, settle", "_finish (conversations/services/generation.py"),
-    ("worker: Celery's own task handling", "celery/app/trace.py"),
-    ("worker: lease keeper thread", "_LeaseKeeper"),
-    ("logging", "logging/__init__.py"),
+# Named costs: samples whose stack holds a frame containing the pattern (inclusive), in the
+# process named (None: any); a pattern starting with "!" counts the stacks without it.
+SPOTS: list[tuple[str, str, str | None]] = [
+    ("Celery apply_async (enqueue the answer's task)", "Task.apply_async (", "web"),
+    ("  of which: result-backend lookup (entry points)", "load_extension_class_names", "web"),
+    ("new database connection (CONN_MAX_AGE=0)", "get_new_connection (", None),
+    ("database connection close", "BaseDatabaseWrapper.close (", None),
+    ("new Redis connection (connect, handshake)", "AbstractConnection.connect (", None),
+    ("redis-py reading its version (each new connection)", "get_lib_version (", None),
+    ("answer stream read (XREAD until done)", "read_until_final (", "web"),
+    ("outside the view: uvicorn, handler, middleware, hops", "!APIView.dispatch (", "web"),
+    ("API key authentication", "api_key_authenticate (", "web"),
+    ("reservation (budgets and quotas)", "reservation_create (", "web"),
+    ("  of which: quota pre-check", "quota_precheck (", "web"),
+    ("rate-limit counters in Redis (Lua)", "billing/rate_limits.py", None),
+    ("DRF serializers", "rest_framework/serializers.py", "web"),
+    ("  of which: usage lookup per message", "get_usage (", "web"),
+    ("token counting (tiktoken)", "models_catalog/tokenizer", None),
+    ("claim the answer (4 queries)", "_claim (conversations/services/generation.py", "worker"),
+    ("the boto3 stream (signing, parsing)", "stream (models_catalog/bedrock/client", "worker"),
+    ("publish to the answer stream", "publish (conversations/answer_stream.py", "worker"),
+    ("store, provider ledger, settle (_finish)", "_finish (conversations/services/gen", "worker"),
+    ("lease keeper thread (one per answer)", "_LeaseKeeper", "worker"),
+    ("outside our task: Celery consumer, kombu, ack", "!generate_answer (", "worker"),
+    ("logging", "logging/__init__.py", None),
 ]
 OUR_PACKAGES = (
     "conversations/", "billing/", "openai_api/", "models_catalog/", "idempotency/", "config/",
@@ -186,8 +187,11 @@ def summarise(name: str, stacks: Sequence[tuple[list[str], int]]) -> Profile:
     for frames, count in stacks:
         total += count
         joined = ";".join(frames)
-        for label, pattern in SPOTS:
-            if pattern in joined:
+        for label, pattern, process in SPOTS:
+            if process not in (None, name):
+                continue
+            absent = pattern.startswith("!")
+            if (pattern.removeprefix("!") in joined) != absent:
                 spots[label] += count
         leaf = frames[-1]
         self_by_function[_function_of(leaf)] += count
@@ -213,7 +217,7 @@ def report(profile: Profile, answers: int, cpu_seconds: float) -> str:
         "ms per answer on a core or waiting for one. ms/answer below: share x /proc CPU."
     ]
     spots = []
-    for label, _ in SPOTS:
+    for label, _, _ in SPOTS:
         count = profile.spots.get(label, 0)
         if count:
             spots.append([label, ms(count), f"{count / share * 100:.1f}%"])
