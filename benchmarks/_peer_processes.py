@@ -185,7 +185,7 @@ class OurStack:
     def task_counts(self) -> tuple[int, int]:
         """Generation tasks the worker has received so far, and how many of them came with a
         countdown: an answer deferred because its tenant had its fair share running
-        (GENERATION_TENANT_MAX_RUNNING), offered again 1-2 s later."""
+        (GENERATION_TENANT_MAX_RUNNING), offered again seconds later."""
         received = deferred = 0
         for line in self.process.log().splitlines():
             if "generate_answer[" not in line or "received" not in line:

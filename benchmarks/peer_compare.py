@@ -651,8 +651,8 @@ def print_report(
             if result.deferred:
                 print(
                     f"{LABELS[system]}, {phase}: {result.deferred} of {result.tasks} generation "
-                    "tasks were deferred 1-2 s (the tenant had GENERATION_TENANT_MAX_RUNNING=8 "
-                    "answers running)."
+                    "tasks were deferred, offered again seconds later (the tenant had "
+                    "GENERATION_TENANT_MAX_RUNNING answers running)."
                 )
     for phase, clients, by_system in (
         ("phase 3", arguments.clients, results.loop_cpu),
