@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import uuid
 
 from celery import Task, shared_task
 from django.conf import settings
+from django.db import DatabaseError
 
 from config.metrics import record_bedrock_error
 from conversations.services.dispatch import generation_defer, generations_sweep
@@ -48,12 +50,16 @@ def generate_answer(self: Task, message_id: str) -> str:
         retryable, code, detail = True, "internal_error", f"{type(error).__name__}: {error}"
     # Attempts are counted in the database (each claim adds one), so a task offered again
     # by the sweeper or a deferral cannot start the retry budget over.
-    retries_so_far = max(
-        self.request.retries, generation_attempts(message_id=uuid.UUID(message_id)) - 1
-    )
+    # (Best effort: with the database away, the task's own count stands in, and the lease
+    # or the sweeper hands the answer to the retry.)
+    retries_so_far = self.request.retries
+    with contextlib.suppress(DatabaseError):
+        attempts = generation_attempts(message_id=uuid.UUID(message_id))
+        retries_so_far = max(retries_so_far, attempts - 1)
     if retryable and retries_so_far < settings.GENERATION_MAX_RETRIES:
         delay = retry_delay_seconds(retries_so_far, random.random())  # noqa: S311
-        generation_retry_wait(message_id=uuid.UUID(message_id), seconds=delay)
+        with contextlib.suppress(DatabaseError):
+            generation_retry_wait(message_id=uuid.UUID(message_id), seconds=delay)
         raise self.retry(countdown=delay)
     generation_fail(message_id=uuid.UUID(message_id), code=code, message=detail)
     return "failed"
