@@ -668,6 +668,14 @@ def print_report(
     print(f"Failures: {'none' if not failures else ''}")
     for line in failures:
         print(f"  {line}")
+    started = (("our stack", systems.ours.process), ("LiteLLM", systems.litellm.process))
+    for name, process in started:
+        if process.process.poll() is not None:
+            said = [line for line in process.log().splitlines() if line.startswith("[stack]")]
+            print(
+                f"{name} EXITED during the run (code {process.process.returncode}); its last "
+                f"words: {' | '.join(said[-3:]) or process.log()[-300:]}"
+            )
     restarts = systems.ours.restarts()
     if restarts:
         print("Our stack restarted children: " + "; ".join(restarts[:5]))
