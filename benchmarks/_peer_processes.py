@@ -387,24 +387,6 @@ def _write_litellm_config(directory: Path, bedrock_url: str, master_key: str) ->
     return path
 
 
-def _write_quiet_log_config(directory: Path) -> Path:
-    """uvicorn logging without the access log: our web server runs with --no-access-log."""
-    config = {
-        "version": 1,
-        "disable_existing_loggers": False,
-        "formatters": {"plain": {"format": "%(asctime)s %(name)s %(levelname)s %(message)s"}},
-        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain"}},
-        "loggers": {
-            "uvicorn": {"handlers": ["stderr"], "level": "INFO"},
-            "uvicorn.error": {"level": "INFO"},
-            "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
-        },
-    }
-    path = directory / "litellm_log_config.json"
-    path.write_text(json.dumps(config, indent=2))
-    return path
-
-
 def start_litellm(
     stack: contextlib.ExitStack, *, venv: Path, bedrock_url: str, directory: Path
 ) -> LiteLLMProxy:
@@ -417,7 +399,6 @@ def start_litellm(
     port = free_port()
     master_key = f"sk-bench-{uuid.uuid4().hex}"
     config = _write_litellm_config(directory, bedrock_url, master_key)
-    log_config = _write_quiet_log_config(directory)
     environment = _clean_environment()
     environment.update(
         # The model price map from the package, not from the internet (there is none here).
@@ -427,7 +408,7 @@ def start_litellm(
     process = start_process(
         "LiteLLM proxy",
         [str(executable), "--config", str(config), "--host", "127.0.0.1",
-         "--port", str(port), "--num_workers", "1", "--log_config", str(log_config)],
+         "--port", str(port), "--num_workers", "1"],
         environment,
         directory / "litellm.log",
     )  # fmt: skip

@@ -614,7 +614,8 @@ def print_report(
         + " ".join(governance)
         + f"\nLiteLLM {systems.litellm.version}: litellm --num_workers 1, {processes.LITELLM_MODEL}"
         ", aws_bedrock_runtime_endpoint = the stand-in, master key only (no database: no "
-        "budgets, keys or spend logs), access log off (ours runs --no-access-log)."
+        "budgets, keys or spend logs); each logs one access line per request (LiteLLM: "
+        "uvicorn's; ours: its own JSON access log, uvicorn's being off)."
     )
     rows = main_rows(results, arguments.clients, arguments.turns, arguments.cpu_clients)
     print(format_table(HEADERS, rows))
