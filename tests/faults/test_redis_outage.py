@@ -1,4 +1,5 @@
-"""Redis away for ten seconds while a worker streams answers and waits for more.
+"""Redis away for ten seconds, and for a minute, while a worker streams answers and waits
+for more; the API answers 503 meanwhile.
 
 Celery 5.7.0 killed the worker here: on the connection loss it closes the broker connection
 a second time after `collect()` has detached it from its transport, kombu then tries to
@@ -69,8 +70,9 @@ def start_threads_worker(
     return worker
 
 
-def test_worker_outlives_a_ten_second_redis_outage_with_answers_in_flight(
-    tenant, api: Api, bedrock: LocalBedrockServer, tmp_path: Path
+@pytest.mark.parametrize("outage_seconds", [OUTAGE_SECONDS, 60], ids=["10s", "60s"])
+def test_worker_outlives_a_redis_outage_with_answers_in_flight(
+    tenant, api: Api, bedrock: LocalBedrockServer, tmp_path: Path, outage_seconds: int
 ) -> None:
     port = free_port()
     redis_server = EmbeddedRedis(port=port, directory=tmp_path / "redis")
@@ -88,8 +90,14 @@ def test_worker_outlives_a_ten_second_redis_outage_with_answers_in_flight(
         wait_for(lambda: worker.log().count("generate_answer[") >= 2, timeout=30)
         time.sleep(0.5)  # both are streaming now
 
+        waiting_conversation = private_api.new_conversation()
         redis_server.stop()
-        time.sleep(OUTAGE_SECONDS)
+        outage_ends = time.monotonic() + outage_seconds
+        # Meanwhile the API refuses new work with 503 and Retry-After: never 500, never 202.
+        refused = private_api.send(waiting_conversation, "Anyone there?")
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["Retry-After"]
+        time.sleep(max(0.0, outage_ends - time.monotonic()))
         redis_server = EmbeddedRedis(port=port, directory=tmp_path / "redis")
         redis_server.start()
 
