@@ -46,9 +46,7 @@ ERROR_STATUS = 400
 
 # The OpenAI-compatible surface (/v1/) answers OpenAI's error shape, and a completion waits
 # for a worker that does not run here: tests/openai_api and tests/e2e cover it.
-schema = schemathesis.openapi.from_wsgi("/api/v1/schema/", application).exclude(
-    path_regex="^/v1/"
-)
+schema = schemathesis.openapi.from_wsgi("/api/v1/schema/", application).exclude(path_regex="^/v1/")
 
 # Ids of real objects, by path parameter name, filled in by the `world` fixture for the test
 # that is running; the hook below reads them while examples are generated.
