@@ -144,13 +144,19 @@ def _clean_environment() -> dict[str, str]:
 # ---------------------------------------------------------------------------------------
 
 
-def start_stand_in(stack: contextlib.ExitStack, answer_tokens: int, directory: Path) -> str:
-    """The local Bedrock server, zero latency, fixed answer length; its URL."""
+def start_stand_in(
+    stack: contextlib.ExitStack,
+    answer_tokens: int,
+    directory: Path,
+    seconds_per_token: float = 0.0,
+) -> str:
+    """The local Bedrock server, fixed answer length, zero latency unless told; its URL."""
     port = free_port()
     process = start_process(
         "Bedrock stand-in",
         [sys.executable, "-m", "models_catalog.bedrock.local_server",
-         "--port", str(port), "--answer-tokens", str(answer_tokens)],
+         "--port", str(port), "--answer-tokens", str(answer_tokens),
+         "--seconds-per-token", str(seconds_per_token)],
         {**_clean_environment(), "PYTHONUNBUFFERED": "1"},
         directory / "stand-in.log",
     )  # fmt: skip

@@ -607,7 +607,8 @@ def print_report(
         f"{platform.python_version()}), shared with other work: load average "
         f"{loads[0]:.2f} at start, {loads[1]:.2f} at end. Systems interleaved (rotating order "
         "per round, slice or half), so that noise falls on all alike.\n"
-        f"Stand-in: local Bedrock server, zero latency, {arguments.answer_tokens}-token answers; "
+        f"Stand-in: local Bedrock server, {arguments.seconds_per_token:g} s per token (0: no "
+        f"upstream delay), {arguments.answer_tokens}-token answers; "
         f"max tokens {arguments.max_tokens}; {MODEL_ID}.\n"
         f"Ours: python -m config.stack ({systems.ours.description}; DEBUG "
         f"{'on' if arguments.django_debug else 'off'}), governance on: "
@@ -728,7 +729,9 @@ def run_profile(arguments: argparse.Namespace, argv: Sequence[str]) -> int:
     with contextlib.ExitStack() as stack:
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-peer-")))
         print("Starting the stand-in and our stack ...", file=sys.stderr)
-        bedrock_url = processes.start_stand_in(stack, arguments.answer_tokens, directory)
+        bedrock_url = processes.start_stand_in(
+            stack, arguments.answer_tokens, directory, arguments.seconds_per_token
+        )
         ours, governance = processes.start_our_stack(
             stack,
             bedrock_url=bedrock_url,
@@ -755,11 +758,15 @@ def run_profile(arguments: argparse.Namespace, argv: Sequence[str]) -> int:
             f"Ours: python -m config.stack ({ours.description}), governance on: "
             + " ".join(governance)
             + f"\nOne client, {answers} sync answers of {arguments.answer_tokens} tokens one "
-            f"after the other per surface; load average {os.getloadavg()[0]:.2f}."
+            f"after the other per surface, the stand-in at {arguments.seconds_per_token:g} s "
+            f"per token; load average {os.getloadavg()[0]:.2f}."
         )
         for system in ("native", "v1"):
-            caller.conversations = [caller.create_conversation() for _ in range(answers + 20)]
-            for _ in range(20):  # warm-up: every code path taken once, caches filled
+            warm_up_answers = 5 if arguments.seconds_per_token else 20
+            caller.conversations = [
+                caller.create_conversation() for _ in range(answers + warm_up_answers)
+            ]
+            for _ in range(warm_up_answers):  # every code path taken once, caches filled
                 caller.sync(system)
             roles = ours.roles()
             pids = {"web": roles["web"][0], "worker": roles["worker"][0]}
@@ -809,6 +816,10 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
     )
     parser.add_argument("--answer-tokens", type=int, default=100)
     parser.add_argument("--max-tokens", type=int, default=128, help="max_tokens / max_gen_len")
+    parser.add_argument(
+        "--seconds-per-token", type=float, default=0.0,
+        help="the stand-in's pace (0: no upstream delay; 0.02 is 50 tokens/s, like Bedrock)",
+    )  # fmt: skip
     parser.add_argument("--rounds", type=int, default=40, help="phases 1 and 2 (40)")
     parser.add_argument("--clients", type=int, default=20, help="phases 3-5 (20)")
     parser.add_argument("--duration", type=float, default=10.0, help="phase 3, s per system")
@@ -867,7 +878,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-peer-")))
         print("Starting the stand-in, our stack and LiteLLM ...", file=sys.stderr)
-        bedrock_url = processes.start_stand_in(stack, arguments.answer_tokens, directory)
+        bedrock_url = processes.start_stand_in(
+            stack, arguments.answer_tokens, directory, arguments.seconds_per_token
+        )
         with ThreadPoolExecutor(max_workers=1) as starter:
             # LiteLLM takes longest to import: it starts while our stack migrates.
             litellm_future = starter.submit(
