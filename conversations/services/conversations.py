@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from billing import rate_limits
@@ -33,6 +31,7 @@ from conversations.models import (
 from conversations.services.dispatch import (
     generation_enqueue_on_commit,
     generation_queued_or_fail,
+    lease_lapsed,
 )
 from models_catalog.catalogue import resolve_model_id
 from models_catalog.models import FoundationModel
@@ -342,14 +341,10 @@ def _abandoned_answer_cancel(message: Message, now: datetime) -> None:
     were never seen: the tenant is not charged, the provider ledger records the attempt."""
     from billing.services import provider_lost_attempts_record
 
-    lapsed = Q(lease_expires_at__lt=now) | Q(
-        lease_expires_at__isnull=True,
-        updated_at__lt=now - timedelta(seconds=settings.GENERATION_LEASE_SECONDS),
-    )
     with transaction.atomic():
-        ended = Message.objects.filter(lapsed, pk=message.pk, status=MessageStatus.RUNNING).update(
-            status=MessageStatus.CANCELLED, completed_at=now, updated_at=now
-        )
+        ended = Message.objects.filter(
+            lease_lapsed(now), pk=message.pk, status=MessageStatus.RUNNING
+        ).update(status=MessageStatus.CANCELLED, completed_at=now, updated_at=now)
         if ended:
             reservation_release(message_id=message.pk, reason=MessageStatus.CANCELLED)
             attempts = Message.objects.filter(pk=message.pk).values_list(

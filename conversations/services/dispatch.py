@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import random
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
@@ -168,10 +168,7 @@ def generations_sweep() -> dict[str, int]:
     """Take back answers the broker or a worker lost. Returns counts by what was done."""
     now = timezone.now()
     counts = {"requeued_queued": 0, "requeued_running": 0, "failed_running": 0}
-    lapsed = Message.objects.filter(status=MessageStatus.RUNNING).filter(
-        Q(lease_expires_at__lt=now)
-        | Q(lease_expires_at__isnull=True, updated_at__lt=now - _lease())
-    )
+    lapsed = Message.objects.filter(lease_lapsed(now), status=MessageStatus.RUNNING)
     for message_id in lapsed.values_list("pk", flat=True)[:SWEEP_BATCH_SIZE]:
         Message.objects.filter(pk=message_id, lease_expires_at__isnull=True).update(
             lease_expires_at=now - timedelta(microseconds=1)
@@ -200,5 +197,10 @@ def generations_sweep() -> dict[str, int]:
     return counts
 
 
-def _lease() -> timedelta:
-    return timedelta(seconds=settings.GENERATION_LEASE_SECONDS)
+def lease_lapsed(now: datetime) -> Q:
+    """Running answers whose worker is gone: the lease lapsed (or, for rows claimed before
+    leases existed, nothing touched them for a lease's length)."""
+    lease = timedelta(seconds=settings.GENERATION_LEASE_SECONDS)
+    return Q(lease_expires_at__lt=now) | Q(
+        lease_expires_at__isnull=True, updated_at__lt=now - lease
+    )

@@ -180,6 +180,19 @@ class _SeenCounts:
             self.generation_tokens = event.generation_token_count
 
 
+def _failed_attempt_record(claim: _Claim, seen: _SeenCounts, error_code: str) -> None:
+    """An attempt that stored nothing still cost what Bedrock reported before it stopped."""
+    with transaction.atomic():
+        provider_attempt_record(
+            message_id=claim.message.pk,
+            attempt=claim.attempt,
+            outcome=AttemptOutcome.FAILED,
+            input_tokens=seen.prompt_tokens,
+            output_tokens=seen.generation_tokens,
+            error_code=error_code,
+        )
+
+
 def _finish(
     claim: _Claim,
     *,
@@ -354,15 +367,7 @@ def _generate(claim: _Claim, lease: _LeaseKeeper) -> Outcome:
                 if lease.lost or _cancel_requested(message.pk):
                     break
     except BedrockError as error:
-        with transaction.atomic():
-            provider_attempt_record(
-                message_id=message.pk,
-                attempt=claim.attempt,
-                outcome=AttemptOutcome.FAILED,
-                input_tokens=seen.prompt_tokens,
-                output_tokens=seen.generation_tokens,
-                error_code=error.code,
-            )
+        _failed_attempt_record(claim, seen, error.code)
         raise
     finally:
         events.close()  # stop reading from Bedrock at once on cancel or error
@@ -370,15 +375,7 @@ def _generate(claim: _Claim, lease: _LeaseKeeper) -> Outcome:
 
     if final is None and lease.lost:
         # Another attempt owns the answer now; this one only enters the provider ledger.
-        with transaction.atomic():
-            provider_attempt_record(
-                message_id=message.pk,
-                attempt=claim.attempt,
-                outcome=AttemptOutcome.FAILED,
-                input_tokens=seen.prompt_tokens,
-                output_tokens=seen.generation_tokens,
-                error_code="lease_lost",
-            )
+        _failed_attempt_record(claim, seen, "lease_lost")
         return Outcome.LOST
     if final is None:  # cancelled mid-answer: keep what was streamed, charge Bedrock's counts
         _finish(

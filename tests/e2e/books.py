@@ -28,7 +28,7 @@ from conversations.models import Message, MessageRole, MessageStatus
 FINAL_STATUSES = frozenset({MessageStatus.COMPLETED, MessageStatus.FAILED, MessageStatus.CANCELLED})
 
 
-def _budget_ledger_scope(budget: Budget) -> Q:
+def budget_ledger_scope(budget: Budget) -> Q:
     scope = Q(tenant_id=budget.tenant_id)
     if budget.end_user_id is not None:
         scope &= Q(end_user_id=budget.end_user_id)
@@ -130,7 +130,7 @@ def books_problems(
         if budget.per_end_user:
             continue  # summed from the ledger itself; its hard limit is checked per user below
         ledger = UsageRecord.objects.filter(
-            _budget_ledger_scope(budget), created_at__gte=state.period_start
+            budget_ledger_scope(budget), created_at__gte=state.period_start
         ).aggregate(total=Sum("cost"))["total"] or Decimal(0)
         if state.spent != ledger:
             problems.append(f"budget {budget.name!r}: spent {state.spent}, ledger {ledger}")
@@ -141,7 +141,7 @@ def books_problems(
         if strict is not None and budget.pk not in strict:
             continue
         for end_user_id in (
-            UsageRecord.objects.filter(_budget_ledger_scope(budget))
+            UsageRecord.objects.filter(budget_ledger_scope(budget))
             .order_by()
             .values_list("end_user_id", flat=True)
             .distinct()

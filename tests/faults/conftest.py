@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from django.db import connection
-from django.db.models import Q, Sum
+from django.db.models import Sum
 
 from billing.limits import budget_create
 from billing.models import (
@@ -34,6 +34,7 @@ from conversations.context import context_build
 from conversations.models import Message, MessageRole, MessageStatus, Tenant
 from models_catalog.bedrock.local_server import LocalBedrockServer, expected_generation
 from tests.e2e import conftest as e2e
+from tests.e2e.books import FINAL_STATUSES, budget_ledger_scope
 from tests.e2e.conftest import (
     BEDROCK_SEED,
     LLAMA3,
@@ -50,7 +51,6 @@ web_server = e2e.web_server
 api = e2e.api
 bedrock = e2e.bedrock
 
-FINAL_STATUSES = frozenset({MessageStatus.COMPLETED, MessageStatus.FAILED, MessageStatus.CANCELLED})
 # Fast retries, so a fault costs a test seconds rather than the production backoff.
 WORKER_ENVIRONMENT = {
     "GENERATION_RETRY_BACKOFF_SECONDS": "0.05",
@@ -222,15 +222,6 @@ def assert_completed_exactly(answer_ids: list[str], *, answer_tokens: int | None
 # ---------------------------------------------------------------------------------------
 
 
-def _ledger_scope(budget: Budget) -> Q:
-    scope = Q(tenant_id=budget.tenant_id)
-    if budget.end_user_id is not None:
-        scope &= Q(end_user_id=budget.end_user_id)
-    if budget.model_id is not None:
-        scope &= Q(model_id=budget.model_id)
-    return scope
-
-
 def assert_books_balance() -> dict[str, int]:
     """Nothing lost, nothing charged twice, across everything in the test database:
 
@@ -312,7 +303,7 @@ def assert_books_balance() -> dict[str, int]:
     for budget in budgets:
         state = budget_state(budget, time_zone=budget.tenant.time_zone)
         ledger = UsageRecord.objects.filter(
-            _ledger_scope(budget), created_at__gte=state.period_start
+            budget_ledger_scope(budget), created_at__gte=state.period_start
         ).aggregate(total=Sum("cost"))["total"] or Decimal(0)
         if state.spent != ledger:
             problems.append(f"budget {budget.name!r}: spent {state.spent}, ledger {ledger}")
