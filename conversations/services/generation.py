@@ -7,6 +7,7 @@ worker still owns the answer, so a task delivered twice never stores two answers
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import threading
@@ -28,6 +29,7 @@ from billing.services import (
     reservation_release,
     reservation_settle,
 )
+from config.errors import NotFoundError
 from conversations import answer_stream
 from conversations.context import message_token_count
 from conversations.models import Message, MessageStatus, Tenant
@@ -250,7 +252,9 @@ def _finish(
         elif stored:
             reservation_release(message_id=message.pk, reason=status)
     if stored:
-        message.refresh_from_db()
+        # Final now, so its conversation may already be deleted: the copy in hand stands.
+        with contextlib.suppress(Message.DoesNotExist):
+            message.refresh_from_db()
     return bool(stored)
 
 
@@ -433,6 +437,7 @@ def generation_fail(
 def answer_wait(*, message: Message, timeout_seconds: float) -> Message:
     """Block until the answer is final or the time is up; return it as it then is.
 
+    Once final, the answer may be deleted with its conversation before it is read: 404.
     Waiting holds no database connection: it is closed first (outside a transaction) and
     opened again only to read the result, so hundreds of waiters cannot exhaust the
     database's connections for everyone else.
@@ -442,7 +447,12 @@ def answer_wait(*, message: Message, timeout_seconds: float) -> Message:
             connection.close()
         for _ in answer_stream.read_until_final(message.pk, timeout_seconds=timeout_seconds):
             pass
-    message.refresh_from_db()
+    try:
+        message.refresh_from_db()
+    except Message.DoesNotExist:
+        raise NotFoundError(
+            "The answer was deleted with its conversation before it could be returned."
+        ) from None
     return message
 
 

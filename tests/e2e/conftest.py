@@ -116,6 +116,27 @@ def start_process(command: list[str], environment: dict[str, str], name: str) ->
     return ManagedProcess(process=process, log_path=log_path)
 
 
+# Log of each running web server by base URL, so a test that meets a 500 can show the
+# server's traceback (CI keeps no other trace of it).
+WEB_SERVER_LOGS: dict[str, Path] = {}
+
+
+def server_traceback(base_url: str) -> str:
+    """The last traceback the web server at base_url logged, or a note that it logged none."""
+    log_path = WEB_SERVER_LOGS.get(base_url)
+    if log_path is None:
+        return "(no log known for this server)"
+    lines = [
+        line
+        for line in log_path.read_text(errors="replace").splitlines()
+        if "Traceback (most recent call last)" in line
+    ]
+    if not lines:
+        return "(the server logged no traceback)"
+    # JSON log lines carry the traceback with escaped newlines.
+    return lines[-1].replace("\\n", "\n")[-4000:]
+
+
 @pytest.fixture(scope="session")
 def web_server(django_db_setup: None, django_db_blocker: Any) -> Iterator[str]:
     port = free_port()
@@ -138,6 +159,7 @@ def web_server(django_db_setup: None, django_db_blocker: Any) -> Iterator[str]:
             return False
 
     wait_for(healthy, timeout=STARTUP_TIMEOUT_SECONDS)
+    WEB_SERVER_LOGS[base_url] = server.log_path
     yield base_url
     server.stop()
 

@@ -56,6 +56,7 @@ from tests.e2e.conftest import (
     STARTUP_TIMEOUT_SECONDS,
     ManagedProcess,
     process_environment,
+    server_traceback,
     start_process,
     wait_for,
 )
@@ -152,9 +153,10 @@ class Schedule:
         with self.lock:
             self.statuses[f"{method} {response.status_code}"] += 1
         if response.status_code not in ACCEPTABLE_STATUSES:
+            detail = server_traceback(self.base_url) if response.status_code >= 500 else ""
             with self.lock:
                 self.unexpected.append(
-                    f"{method} {path} -> {response.status_code}: {response.text[:300]}"
+                    f"{method} {path} -> {response.status_code}: {response.text[:300]}\n{detail}"
                 )
         return response
 
