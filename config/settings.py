@@ -215,6 +215,9 @@ GENERATION_REQUEUE_AFTER_SECONDS = env.float("GENERATION_REQUEUE_AFTER_SECONDS",
 # once across all workers (0: no cap), so one tenant's backlog is not everyone's queue.
 GENERATION_QUEUE_SHARDS = env.int("GENERATION_QUEUE_SHARDS", default=16)
 GENERATION_TENANT_MAX_RUNNING = env.int("GENERATION_TENANT_MAX_RUNNING", default=8)
+# And in each web process, at most this many of a tenant's API requests are worked on at once
+# (0: no limit); the rest wait, parked, for a slot (config/fair_share.py).
+WEB_TENANT_ACTIVE_REQUESTS = env.int("WEB_TENANT_ACTIVE_REQUESTS", default=4)
 CELERY_TASK_DEFAULT_QUEUE = "celery"
 CELERY_TASK_QUEUES = [
     Queue("celery"),

@@ -18,6 +18,7 @@ from typing import Any
 import redis
 from django.conf import settings
 
+from config.fair_share import release_request_slot
 from config.redis_client import get_redis
 
 logger = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ def read_until_final(
     """
     import time
 
+    release_request_slot()  # waiting is not work: the tenant's next request may go ahead
     client = redis.Redis.from_url(
         settings.REDIS_URL,
         socket_timeout=settings.REDIS_SOCKET_TIMEOUT_SECONDS + 1.0,

@@ -12,6 +12,7 @@ from django.utils import timezone
 from django.utils.text import slugify
 
 from config.errors import ApplicationError, ConflictError, NotFoundError
+from config.fair_share import remember_key_tenant
 from conversations.api_keys import generate_key, secret_matches, split_key
 from conversations.models import ApiKey, Tenant
 
@@ -90,6 +91,7 @@ def api_key_authenticate(*, raw_key: str) -> ApiKey | None:
     if api_key.is_revoked or not api_key.tenant.is_active:
         return None
     _api_key_touch(api_key=api_key)
+    remember_key_tenant(prefix, api_key.tenant_id)
     return api_key
 
 
@@ -97,6 +99,8 @@ def _api_key_touch(*, api_key: ApiKey) -> None:
     """Record use, at most once a minute per key, so busy keys don't write on every request."""
     now = timezone.now()
     stale_before = now - timedelta(seconds=settings.API_KEY_LAST_USED_RESOLUTION_SECONDS)
+    if api_key.last_used_at is not None and api_key.last_used_at >= stale_before:
+        return  # the row just read says so: no statement at all (on SQLite, none takes the lock)
     ApiKey.objects.filter(
         Q(last_used_at__isnull=True) | Q(last_used_at__lt=stale_before), pk=api_key.pk
     ).update(last_used_at=now)
