@@ -4,12 +4,16 @@ Entries carry `type` (delta, reset, done, error), the `text` of a delta and the
 generation `attempt`. Readers (SSE clients, sync waiters) read from any entry id, so a
 client that connects late gets everything from the start and Last-Event-ID resumes.
 The stream is capped and expires: the stored message is the record, this is the wire.
+
+A final event also goes to a key of its own (`final_key`), so a sync waiter, which wants
+nothing but the end, blocks on that one entry instead of reading every delta to find it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +21,7 @@ from typing import Any
 
 import redis
 from django.conf import settings
+from redis.driver_info import DriverInfo
 
 from config.fair_share import release_request_slot
 from config.redis_client import get_redis
@@ -41,18 +46,21 @@ def stream_key(message_id: uuid.UUID | str) -> str:
     return f"answer:{message_id}"
 
 
+def final_key(message_id: uuid.UUID | str) -> str:
+    return f"answer:{message_id}:final"
+
+
 def publish(message_id: uuid.UUID | str, event_type: str, **data: Any) -> bool:
     """Append an event; False when Redis is away. Best effort by design: the stored message
     is the record, readers that miss events read the final state from the database."""
     key = stream_key(message_id)
+    fields = {"type": event_type, "data": json.dumps(data, default=str)}
     pipeline = get_redis().pipeline(transaction=False)
-    pipeline.xadd(
-        key,
-        {"type": event_type, "data": json.dumps(data, default=str)},
-        maxlen=settings.ANSWER_STREAM_MAX_EVENTS,
-        approximate=True,
-    )
+    pipeline.xadd(key, fields, maxlen=settings.ANSWER_STREAM_MAX_EVENTS, approximate=True)
     pipeline.expire(key, settings.ANSWER_STREAM_TTL_SECONDS)
+    if event_type in FINAL_EVENT_TYPES:
+        pipeline.xadd(final_key(message_id), fields)
+        pipeline.expire(final_key(message_id), settings.ANSWER_STREAM_TTL_SECONDS)
     try:
         pipeline.execute()
     except redis.RedisError as error:
@@ -70,29 +78,54 @@ def decode_entry(entry_id: bytes | str, fields: dict[bytes, bytes]) -> StreamEnt
     )
 
 
-def read_until_final(
-    message_id: uuid.UUID | str, *, timeout_seconds: float, after: str = "0-0"
-) -> Iterator[StreamEntry]:
-    """Blocking reader for a web thread (sync mode): yields entries up to a final one.
-
-    It reads on a connection of its own, outside the shared pool, so any number of waiters
-    never starve other requests of pooled connections; Redis going away ends the wait (the
-    caller reads the answer's state from the database).
-    """
-    import time
-
-    release_request_slot()  # waiting is not work: the tenant's next request may go ahead
-    client = redis.Redis.from_url(
+def _waiter_client() -> redis.Redis:
+    """A connection of its own, outside the shared pool, so any number of waiters never
+    starve other requests of pooled connections."""
+    return redis.Redis.from_url(
         settings.REDIS_URL,
+        # Above the longest block below, so a quiet wait is not a Redis error.
         socket_timeout=settings.REDIS_SOCKET_TIMEOUT_SECONDS + 1.0,
         socket_connect_timeout=settings.REDIS_SOCKET_TIMEOUT_SECONDS,
         single_connection_client=True,
+        # No CLIENT SETINFO round trips on connect: this connection lives for one wait.
+        driver_info=DriverInfo(name=None, lib_version=None),
     )
+
+
+def wait_final(message_id: uuid.UUID | str, *, timeout_seconds: float) -> StreamEntry | None:
+    """Block until the answer's final event (a web thread's sync wait); None when the time
+    is up first. Raises redis.RedisError when Redis is away: the caller reads the answer's
+    state from the database either way, the final event only says when to."""
+    release_request_slot()  # waiting is not work: the tenant's next request may go ahead
+    client = _waiter_client()
+    key = final_key(message_id)
+    deadline = time.monotonic() + timeout_seconds
+    try:
+        while (remaining := deadline - time.monotonic()) > 0:
+            block_ms = max(1, int(min(remaining, 1.0) * 1000))
+            response = client.xread({key: "0-0"}, block=block_ms, count=1)
+            for _, entries in response or []:
+                for entry_id, fields in entries:
+                    return decode_entry(entry_id, fields)
+        return None
+    finally:
+        client.close()
+
+
+def read_until_final(
+    message_id: uuid.UUID | str, *, timeout_seconds: float, after: str = "0-0"
+) -> Iterator[StreamEntry]:
+    """Blocking reader for a web thread that needs the deltas (a stop sequence to watch
+    for): yields entries up to a final one. It reads on a connection of its own (see
+    `_waiter_client`); Redis going away ends the wait (the caller reads the answer's state
+    from the database).
+    """
+    release_request_slot()  # waiting is not work: the tenant's next request may go ahead
+    client = _waiter_client()
     key = stream_key(message_id)
     deadline = time.monotonic() + timeout_seconds
     try:
         while (remaining := deadline - time.monotonic()) > 0:
-            # Below the client's socket timeout, so a quiet stream is not a Redis error.
             block_ms = max(1, int(min(remaining, 1.0) * 1000))
             response = client.xread({key: after}, block=block_ms, count=500)
             for _, entries in response or []:

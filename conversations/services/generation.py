@@ -16,6 +16,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import redis
 from django.conf import settings
 from django.db import connection, connections, transaction
 from django.db.models import F, Q
@@ -339,8 +340,8 @@ def _generate(claim: _Claim, lease: _LeaseKeeper) -> Outcome:
     with transaction.atomic():
         provider_lost_attempts_record(message_id=message.pk, before_attempt=claim.attempt)
     if message.cancel_requested_at is not None:
-        _finish(claim, status=MessageStatus.CANCELLED, content="")
-        _publish_final(claim.message)
+        if _finish(claim, status=MessageStatus.CANCELLED, content=""):
+            _publish_final(claim.message)
         return Outcome.CANCELLED
 
     wire = _Wire(message.pk, claim.attempt)
@@ -382,15 +383,16 @@ def _generate(claim: _Claim, lease: _LeaseKeeper) -> Outcome:
         _failed_attempt_record(claim, seen, "lease_lost")
         return Outcome.LOST
     if final is None:  # cancelled mid-answer: keep what was streamed, charge Bedrock's counts
-        _finish(
+        # A final event only for a final row: a sync waiter trusts it to end its wait.
+        if _finish(
             claim,
             status=MessageStatus.CANCELLED,
             content="".join(parts),
             prompt_token_count=seen.prompt_tokens,
             generation_token_count=seen.generation_tokens,
             charge=(seen.prompt_tokens, seen.generation_tokens),
-        )
-        _publish_final(claim.message)
+        ):
+            _publish_final(claim.message)
         return Outcome.CANCELLED
     if not _finish(
         claim,
@@ -445,8 +447,10 @@ def answer_wait(*, message: Message, timeout_seconds: float) -> Message:
     if message.status in IN_PROGRESS:
         if not connection.in_atomic_block:
             connection.close()
-        for _ in answer_stream.read_until_final(message.pk, timeout_seconds=timeout_seconds):
-            pass
+        try:
+            answer_stream.wait_final(message.pk, timeout_seconds=timeout_seconds)
+        except redis.RedisError as error:  # the stream is the signal, the row the answer
+            logger.warning("Final event of %s unreadable: %s", message.pk, error)
     try:
         message.refresh_from_db()
     except Message.DoesNotExist:
