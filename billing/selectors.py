@@ -92,9 +92,10 @@ def _zero_filled(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def usage_by_message(message_ids: list[Any]) -> dict[Any, UsageRecord]:
-    """The ledger entries of these messages, keyed by message id (one query for a page)."""
+def usage_by_message(*, tenant: Any, message_ids: list[Any]) -> dict[Any, UsageRecord]:
+    """The tenant's ledger entries of these messages, keyed by message id (one query for a
+    page). `tenant` is a tenant or its id."""
     return {
         record.message_id: record
-        for record in UsageRecord.objects.filter(message_id__in=message_ids)
+        for record in UsageRecord.objects.filter(tenant=tenant, message_id__in=message_ids)
     }

@@ -22,6 +22,8 @@ from conversations.services import api_key_create, api_key_revoke
 
 
 class TenantMeApi(APIView):
+    dangerously_unscoped = "Serialises request.tenant, the caller's own tenant; reads nothing else."
+
     @extend_schema(responses=TenantOutputSerializer, summary="The tenant this API key belongs to")
     def get(self, request: Request) -> Response:
         return Response(TenantOutputSerializer(request.tenant).data)

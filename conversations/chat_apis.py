@@ -183,7 +183,10 @@ class ConversationMessagesApi(ConversationScopedView):
     def get(self, request: Request, conversation_id: str) -> Response:
         conversation = self.get_object()
         page = self.paginate_queryset(conversation.messages.all())
-        context = {"usage_by_message": usage_by_message([message.pk for message in page])}
+        usage = usage_by_message(
+            tenant=conversation.tenant_id, message_ids=[message.pk for message in page]
+        )
+        context = {"usage_by_message": usage}
         return self.get_paginated_response(
             MessageOutputSerializer(page, many=True, context=context).data
         )

@@ -232,7 +232,7 @@ class MessageOutputSerializer(serializers.ModelSerializer):
             return None
         usage_map = self.context.get("usage_by_message")
         if usage_map is None:
-            usage_map = usage_by_message([message.pk])
+            usage_map = usage_by_message(tenant=message.tenant_id, message_ids=[message.pk])
         record = usage_map.get(message.pk)
         return MessageUsageSerializer(record).data if record is not None else None
 

@@ -10,6 +10,8 @@ from models_catalog.serializers import FoundationModelOutputSerializer
 
 
 class FoundationModelListApi(APIView):
+    dangerously_unscoped = "The catalogue is shared by every tenant: no tenant's data in it."
+
     @extend_schema(
         responses=FoundationModelOutputSerializer(many=True),
         operation_id="models_list",
@@ -21,6 +23,8 @@ class FoundationModelListApi(APIView):
 
 
 class FoundationModelDetailApi(APIView):
+    dangerously_unscoped = "The catalogue is shared by every tenant: no tenant's data in it."
+
     @extend_schema(
         responses=FoundationModelOutputSerializer,
         operation_id="models_retrieve",

@@ -60,6 +60,11 @@ def _decided(answer: Message) -> tuple[Message, Decision]:
 
 
 class ChatCompletionsApi(OpenAIApiView):
+    dangerously_unscoped = (
+        "Creates for request.tenant (the services take the tenant, and look a named "
+        "conversation up within it); a replayed answer is read with tenant= (_answer_of)."
+    )
+
     @extend_schema(
         operation_id="openai_chat_completions_create",
         tags=TAGS,
@@ -169,6 +174,8 @@ def _model_object(model: FoundationModel, model_id: str | None = None) -> dict[s
 
 
 class ModelListApi(OpenAIApiView):
+    dangerously_unscoped = "The catalogue is shared by every tenant: no tenant's data in it."
+
     @extend_schema(
         operation_id="openai_models_list",
         tags=TAGS,
@@ -181,6 +188,8 @@ class ModelListApi(OpenAIApiView):
 
 
 class ModelDetailApi(OpenAIApiView):
+    dangerously_unscoped = "The catalogue is shared by every tenant: no tenant's data in it."
+
     @extend_schema(
         operation_id="openai_models_retrieve",
         tags=TAGS,
