@@ -50,14 +50,21 @@ def final_key(message_id: uuid.UUID | str) -> str:
     return f"answer:{message_id}:final"
 
 
-def publish(message_id: uuid.UUID | str, event_type: str, **data: Any) -> bool:
+def publish(
+    message_id: uuid.UUID | str, event_type: str, *, expire: bool = True, **data: Any
+) -> bool:
     """Append an event; False when Redis is away. Best effort by design: the stored message
-    is the record, readers that miss events read the final state from the database."""
+    is the record, readers that miss events read the final state from the database.
+
+    `expire=False` leaves the stream's expiry as it is: for a writer that already set it
+    (the worker, after its first event); a final event always sets it again.
+    """
     key = stream_key(message_id)
     fields = {"type": event_type, "data": json.dumps(data, default=str)}
     pipeline = get_redis().pipeline(transaction=False)
     pipeline.xadd(key, fields, maxlen=settings.ANSWER_STREAM_MAX_EVENTS, approximate=True)
-    pipeline.expire(key, settings.ANSWER_STREAM_TTL_SECONDS)
+    if expire or event_type in FINAL_EVENT_TYPES:
+        pipeline.expire(key, settings.ANSWER_STREAM_TTL_SECONDS)
     if event_type in FINAL_EVENT_TYPES:
         pipeline.xadd(final_key(message_id), fields)
         pipeline.expire(final_key(message_id), settings.ANSWER_STREAM_TTL_SECONDS)

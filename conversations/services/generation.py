@@ -7,7 +7,6 @@ worker still owns the answer, so a task delivered twice never stores two answers
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import logging
 import threading
@@ -19,7 +18,7 @@ from datetime import datetime, timedelta
 import redis
 from django.conf import settings
 from django.db import connection, connections, transaction
-from django.db.models import F, Q
+from django.db.models import Q
 from django.utils import timezone
 
 from billing.models import AttemptOutcome
@@ -77,15 +76,15 @@ def _claim(message_id: uuid.UUID) -> _Claim | Outcome:
     """Take the answer for this attempt under a lease: a queued answer, or a running one
     whose lease lapsed (its worker died: a redelivered task may take it over)."""
     now = timezone.now()
-    current = (
-        Message.objects.filter(pk=message_id)
-        .values("tenant_id", "status", "lease_expires_at")
+    message = (
+        Message.objects.select_related("conversation__model", "conversation__tenant")
+        .filter(pk=message_id)
         .first()
     )
-    if current is None or current["status"] not in IN_PROGRESS:
+    if message is None or message.status not in IN_PROGRESS:
         return Outcome.SKIPPED
-    lease = current["lease_expires_at"]
-    if current["status"] == MessageStatus.RUNNING and lease is not None and lease >= now:
+    lease = message.lease_expires_at
+    if message.status == MessageStatus.RUNNING and lease is not None and lease >= now:
         # A duplicate delivery, or a redelivery whose dead worker's lease has not lapsed
         # yet: never take a live lease; come back when it would have lapsed.
         return Outcome.HELD
@@ -94,24 +93,28 @@ def _claim(message_id: uuid.UUID) -> _Claim | Outcome:
         | Q(status=MessageStatus.RUNNING, lease_expires_at__lt=now)
         | Q(status=MessageStatus.RUNNING, lease_expires_at__isnull=True)
     )
+    claimed_fields = {
+        "status": MessageStatus.RUNNING,
+        "attempt_count": message.attempt_count + 1,
+        "lease_expires_at": _lease_until(),
+        "updated_at": now,
+    }
     with transaction.atomic():
         if settings.GENERATION_TENANT_MAX_RUNNING > 0:
             # The tenant's row lock makes "count, then claim" one step per tenant, so
             # concurrent claims cannot all pass the cap together.
-            Tenant.objects.select_for_update().filter(pk=current["tenant_id"]).exists()
-        if _tenant_has_its_share_running(current["tenant_id"], message_id):
+            Tenant.objects.select_for_update().filter(pk=message.tenant_id).exists()
+        if _tenant_has_its_share_running(message.tenant_id, message_id):
             return Outcome.DEFERRED
-        claimed = Message.objects.filter(claimable, pk=message_id).update(
-            status=MessageStatus.RUNNING,
-            attempt_count=F("attempt_count") + 1,
-            lease_expires_at=_lease_until(),
-            updated_at=now,
-        )
+        # Conditional on the attempt count read above, so the copy in hand is the claimed
+        # row (no second read): another claim in between makes this one a no-op.
+        claimed = Message.objects.filter(
+            claimable, pk=message_id, attempt_count=message.attempt_count
+        ).update(**claimed_fields)
     if not claimed:
         return Outcome.SKIPPED
-    message = Message.objects.select_related("conversation__model", "conversation__tenant").get(
-        pk=message_id
-    )
+    for field, value in claimed_fields.items():
+        setattr(message, field, value)
     return _Claim(message=message, attempt=message.attempt_count)
 
 
@@ -217,21 +220,23 @@ def _finish(
     """
     message = claim.message
     conversation = message.conversation
+    now = timezone.now()
+    final_fields = {
+        "status": status,
+        "content": content,
+        "token_count": message_token_count(conversation.model, content),
+        "prompt_token_count": prompt_token_count,
+        "generation_token_count": generation_token_count,
+        "stop_reason": stop_reason,
+        "error_code": error_code,
+        "error_message": error_message,
+        "completed_at": now,
+        "updated_at": now,
+    }
     with transaction.atomic():
         stored = Message.objects.filter(
             pk=message.pk, status=MessageStatus.RUNNING, attempt_count=claim.attempt
-        ).update(
-            status=status,
-            content=content,
-            token_count=message_token_count(message.conversation.model, content),
-            prompt_token_count=prompt_token_count,
-            generation_token_count=generation_token_count,
-            stop_reason=stop_reason,
-            error_code=error_code,
-            error_message=error_message,
-            completed_at=timezone.now(),
-            updated_at=timezone.now(),
-        )
+        ).update(**final_fields)
         if charge is not None:
             # Bedrock billed this attempt whether or not it still owns the answer.
             provider_attempt_record(
@@ -253,9 +258,11 @@ def _finish(
         elif stored:
             reservation_release(message_id=message.pk, reason=status)
     if stored:
-        # Final now, so its conversation may already be deleted: the copy in hand stands.
-        with contextlib.suppress(Message.DoesNotExist):
-            message.refresh_from_db()
+        # The row is what this attempt wrote (nobody changes a final answer), so the copy
+        # in hand takes the same values instead of a read: the conversation may already be
+        # deleted by then, too.
+        for field, value in final_fields.items():
+            setattr(message, field, value)
     return bool(stored)
 
 
@@ -269,6 +276,8 @@ class _Wire:
     Deltas are coalesced: the first goes out at once (time to first token), later ones
     that arrive within ANSWER_STREAM_COALESCE_SECONDS of the last publish go out together,
     so a 100-token answer costs a handful of Redis writes and SSE events, not a hundred.
+    The stream's expiry is set with the first event that reaches Redis (and again after a
+    break: Redis may have come back empty), not with every one.
     """
 
     def __init__(self, message_id: uuid.UUID, attempt: int) -> None:
@@ -277,11 +286,15 @@ class _Wire:
         self.broken_until: float | None = None
         self.pending: list[str] = []
         self.next_flush = 0.0
+        self.expiry_set = False
 
     def publish(self, event_type: str, **data: object) -> bool:
-        if not answer_stream.publish(self.message_id, event_type, **data):
+        expire = not self.expiry_set
+        if not answer_stream.publish(self.message_id, event_type, expire=expire, **data):
             self.broken_until = time.monotonic() + STREAM_RETRY_SECONDS
+            self.expiry_set = False
             return False
+        self.expiry_set = True
         return True
 
     def delta(self, text: str, parts: list[str]) -> None:
@@ -337,8 +350,9 @@ def _generate(claim: _Claim, lease: _LeaseKeeper) -> Outcome:
             message="The answer's reservation was closed before it could be generated",
         )
         return Outcome.SKIPPED
-    with transaction.atomic():
-        provider_lost_attempts_record(message_id=message.pk, before_attempt=claim.attempt)
+    if claim.attempt > 1:
+        with transaction.atomic():
+            provider_lost_attempts_record(message_id=message.pk, before_attempt=claim.attempt)
     if message.cancel_requested_at is not None:
         if _finish(claim, status=MessageStatus.CANCELLED, content=""):
             _publish_final(claim.message)

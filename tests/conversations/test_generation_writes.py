@@ -1,0 +1,122 @@
+"""The worker's writes per answer: the claim and the final store keep the copy in hand in
+step with the row without reading it again, and the answer stream's expiry is set once per
+attempt (again after Redis was away, and with the final event), not with every delta."""
+
+from __future__ import annotations
+
+import uuid
+from unittest import mock
+
+import pytest
+
+from billing.models import Reservation, ReservationStatus, UsageRecord
+from config.redis_client import get_redis
+from conversations import answer_stream
+from conversations.models import Message, MessageStatus
+from conversations.services import generation
+from conversations.services.conversations import conversation_create, user_message_create
+from conversations.services.generation import Outcome, _claim, _Wire, generation_run
+from tests.conftest import make_tenant
+
+LLAMA3 = "meta.llama3-8b-instruct-v1:0"
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def answer() -> Message:
+    conversation = conversation_create(
+        tenant=make_tenant("acme"), model_id=LLAMA3, system_prompt="Be brief."
+    )
+    return user_message_create(conversation=conversation, content="What is 2 + 2?").answer
+
+
+def test_a_claim_hands_back_the_claimed_row(answer: Message) -> None:
+    claim = _claim(answer.pk)
+
+    assert not isinstance(claim, Outcome)
+    stored = Message.objects.get(pk=answer.pk)
+    assert (claim.attempt, claim.message.attempt_count, stored.attempt_count) == (1, 1, 1)
+    assert claim.message.status == stored.status == MessageStatus.RUNNING
+    assert claim.message.lease_expires_at == stored.lease_expires_at
+    assert claim.message.conversation.model.pk == stored.conversation.model_id
+
+
+def test_a_claim_that_another_claim_overtook_takes_nothing(answer: Message) -> None:
+    def overtaken(tenant_id: int, message_id: uuid.UUID) -> bool:
+        # Another worker claimed, died and was swept back between this one's read and write.
+        Message.objects.filter(pk=message_id).update(attempt_count=1)
+        return False
+
+    with mock.patch.object(generation, "_tenant_has_its_share_running", overtaken):
+        assert _claim(answer.pk) == Outcome.SKIPPED
+
+    stored = Message.objects.get(pk=answer.pk)
+    assert (stored.status, stored.attempt_count) == (MessageStatus.QUEUED, 1)
+
+
+def test_a_generated_answer_is_stored_settled_and_announced_as_the_row_holds_it(
+    answer: Message,
+) -> None:
+    published: list[tuple[str, dict]] = []
+    real_publish = answer_stream.publish
+
+    def recording(message_id, event_type, **data):
+        published.append((event_type, data))
+        return real_publish(message_id, event_type, **data)
+
+    with mock.patch.object(answer_stream, "publish", recording):
+        assert generation_run(message_id=answer.pk) == Outcome.COMPLETED
+
+    stored = Message.objects.get(pk=answer.pk)
+    assert stored.status == MessageStatus.COMPLETED
+    assert stored.content
+    assert stored.token_count > 0
+    assert Reservation.objects.get(message_id=answer.pk).status == ReservationStatus.SETTLED
+    assert UsageRecord.objects.filter(message_id=answer.pk).count() == 1
+    event_type, data = published[-1]
+    assert (event_type, data["status"], data["attempt"]) == (answer_stream.DONE, "completed", 1)
+    deltas = "".join(data["text"] for kind, data in published if kind == answer_stream.DELTA)
+    assert deltas == stored.content
+
+
+def test_the_wire_sets_the_streams_expiry_once_not_per_delta(settings) -> None:
+    settings.ANSWER_STREAM_COALESCE_SECONDS = 0  # every delta its own event
+    message_id = uuid.uuid4()
+    key = answer_stream.stream_key(message_id)
+    wire = _Wire(message_id, attempt=1)
+    parts = ["Four"]
+    wire.delta("Four", parts)
+    assert get_redis().ttl(key) > 0
+
+    get_redis().persist(key)  # so an EXPIRE sent with the next delta would show
+    parts.append(".")
+    wire.delta(".", parts)
+    assert get_redis().xlen(key) == 2
+    assert get_redis().ttl(key) == -1
+
+    answer_stream.publish(message_id, answer_stream.DONE, expire=False, status="completed")
+    assert get_redis().ttl(key) > 0  # a final event always sets it
+
+
+def test_the_wire_sets_the_expiry_again_after_redis_was_away(settings) -> None:
+    settings.ANSWER_STREAM_COALESCE_SECONDS = 0
+    message_id = uuid.uuid4()
+    key = answer_stream.stream_key(message_id)
+    wire = _Wire(message_id, attempt=1)
+    parts = ["Four"]
+    wire.delta("Four", parts)
+    get_redis().delete(key)  # Redis restarted without its data
+
+    redis_url = settings.REDIS_URL
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # Redis away
+    parts.append(".")
+    wire.delta(".", parts)
+    settings.REDIS_URL = redis_url
+    assert wire.broken_until is not None
+    wire.broken_until = 0.0  # the retry pause is over
+    parts.append(" Yes")
+    wire.delta(" Yes", parts)
+
+    assert [entry[1][b"type"] for entry in get_redis().xrange(key)] == [b"reset", b"delta"]
+    assert get_redis().ttl(key) > 0
