@@ -15,12 +15,12 @@ import uuid
 from collections.abc import Sequence
 
 import redis
-from django.db import connection
 
 from config.errors import NotFoundError
 from conversations import answer_stream
 from conversations.models import Message, MessageStatus
 from conversations.services.conversations import NotCancellableError, message_cancel
+from conversations.services.generation import database_connection_release
 from openai_api.rendering import GenerationTimeoutError, safe_prefix, stop_cut
 
 FINAL_STATUSES = (MessageStatus.COMPLETED, MessageStatus.FAILED, MessageStatus.CANCELLED)
@@ -30,10 +30,9 @@ QUIET_CHECK_SECONDS = 5.0
 
 
 def release_connection() -> None:
-    """Give the database connection back before a long wait (outside a transaction): a
-    process's pool is bounded, and hundreds of waiting clients must not hold it."""
-    if not connection.in_atomic_block:
-        connection.close()
+    """Give the database connection back before a long wait (see the rule's reasons in
+    conversations.services.generation.database_connection_release)."""
+    database_connection_release()
 
 
 class Relay:

@@ -450,17 +450,24 @@ def generation_fail(
     return bool(stored)
 
 
+def database_connection_release() -> None:
+    """Give the database connection back before a long wait (outside a transaction): a
+    server's connections are bounded (a pool per process, max_connections on the server),
+    and hundreds of waiting clients must not hold them; it is opened again (or taken from
+    the pool) to read the result. A SQLite file has no connections to run out of, and a new
+    one costs more than the read it serves (its PRAGMAs): it is kept."""
+    if connection.vendor != "sqlite" and not connection.in_atomic_block:
+        connection.close()
+
+
 def answer_wait(*, message: Message, timeout_seconds: float) -> Message:
     """Block until the answer is final or the time is up; return it as it then is.
 
     Once final, the answer may be deleted with its conversation before it is read: 404.
-    Waiting holds no database connection: it is closed first (outside a transaction) and
-    opened again only to read the result, so hundreds of waiters cannot exhaust the
-    database's connections for everyone else.
+    Waiting holds no database server's connection (see `database_connection_release`).
     """
     if message.status in IN_PROGRESS:
-        if not connection.in_atomic_block:
-            connection.close()
+        database_connection_release()
         try:
             answer_stream.wait_final(message.pk, timeout_seconds=timeout_seconds)
         except redis.RedisError as error:  # the stream is the signal, the row the answer

@@ -9,6 +9,7 @@ import uuid
 
 import pytest
 import redis
+from django.db import connection
 
 from billing.default_prices import default_prices_load
 from billing.models import ModelPrice
@@ -16,7 +17,7 @@ from config.redis_client import get_redis
 from conversations import answer_stream
 from conversations.models import Message, MessageStatus
 from conversations.services.conversations import conversation_create, user_message_create
-from conversations.services.generation import answer_wait
+from conversations.services.generation import answer_wait, database_connection_release
 from models_catalog.models import FoundationModel
 from models_catalog.services import catalogue_load
 from openai_api.relay import completion_wait
@@ -116,3 +117,16 @@ def test_a_completion_wait_ends_when_the_answer_does(
 
     assert final.status == MessageStatus.COMPLETED
     assert time.monotonic() - started < 4
+
+
+def test_a_waiter_gives_a_servers_connection_back_and_keeps_a_sqlite_files(
+    transactional_db: None, monkeypatch
+) -> None:
+    Message.objects.exists()  # a connection is open
+    database_connection_release()
+    assert (connection.connection is not None) == (connection.vendor == "sqlite")
+
+    Message.objects.exists()
+    monkeypatch.setattr(connection, "vendor", "postgresql")
+    database_connection_release()
+    assert connection.connection is None
