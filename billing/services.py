@@ -377,6 +377,17 @@ class Settlement:
     alerts: list[Alert]
 
 
+def reservation_lock(*, message_id: Any) -> Reservation | None:
+    """The answer's reservation, its row locked until the transaction ends (its model read
+    with it): for a caller that settles and records the provider attempt in one go."""
+    return (
+        Reservation.objects.select_for_update()
+        .select_related("model")
+        .filter(message_id=message_id)
+        .first()
+    )
+
+
 def reservation_settle(
     *,
     message_id: Any,
@@ -385,14 +396,16 @@ def reservation_settle(
     output_tokens: int,
     outcome: str,
     time_zone: str = "UTC",
+    locked: Reservation | None = None,
 ) -> Settlement | None:
     """Turn the answer's reservation into one ledger entry at the real cost.
 
     Call inside the transaction that stores the answer. At most once per message: the
     reservation row is locked and must still be open, and the ledger's unique message_id
-    backs that up. Returns None when there is nothing (more) to settle.
+    backs that up. Returns None when there is nothing (more) to settle. `locked`: the
+    reservation as `reservation_lock` returned it in this transaction (no second read).
     """
-    reservation = Reservation.objects.select_for_update().filter(message_id=message_id).first()
+    reservation = locked or reservation_lock(message_id=message_id)
     if reservation is None or reservation.status != ReservationStatus.OPEN:
         return None
     now = timezone.now()
@@ -523,13 +536,15 @@ def provider_attempt_record(
     output_tokens: int,
     counts_reported: bool = True,
     error_code: str = "",
+    reservation: Reservation | None = None,
 ) -> ProviderAttempt | None:
     """Record one Bedrock attempt in the provider ledger, at the price in force now.
 
     Idempotent per (message, attempt). None when the answer has no reservation (nothing
-    was ever sent for it).
+    was ever sent for it). `reservation`: the answer's, when the caller holds it already.
     """
-    reservation = Reservation.objects.filter(message_id=message_id).first()
+    if reservation is None:
+        reservation = Reservation.objects.filter(message_id=message_id).first()
     if reservation is None:
         return None
     now = timezone.now()

@@ -26,6 +26,7 @@ from billing.services import (
     frozen_call_get,
     provider_attempt_record,
     provider_lost_attempts_record,
+    reservation_lock,
     reservation_release,
     reservation_settle,
 )
@@ -237,6 +238,11 @@ def _finish(
         stored = Message.objects.filter(
             pk=message.pk, status=MessageStatus.RUNNING, attempt_count=claim.attempt
         ).update(**final_fields)
+        # One locked read of the reservation serves the provider ledger and the settlement
+        # (locked after the answer's row, as generation_fail and the sweeper lock them).
+        reservation = (
+            reservation_lock(message_id=message.pk) if stored and charge is not None else None
+        )
         if charge is not None:
             # Bedrock billed this attempt whether or not it still owns the answer.
             provider_attempt_record(
@@ -245,6 +251,7 @@ def _finish(
                 outcome=AttemptOutcome(str(status)),
                 input_tokens=charge[0],
                 output_tokens=charge[1],
+                reservation=reservation,
             )
         if stored and charge is not None:
             reservation_settle(
@@ -254,6 +261,7 @@ def _finish(
                 output_tokens=charge[1],
                 outcome=status,
                 time_zone=conversation.tenant.time_zone,
+                locked=reservation,
             )
         elif stored:
             reservation_release(message_id=message.pk, reason=status)

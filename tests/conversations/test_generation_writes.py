@@ -8,6 +8,8 @@ import uuid
 from unittest import mock
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from billing.models import Reservation, ReservationStatus, UsageRecord
 from config.redis_client import get_redis
@@ -65,7 +67,10 @@ def test_a_generated_answer_is_stored_settled_and_announced_as_the_row_holds_it(
         published.append((event_type, data))
         return real_publish(message_id, event_type, **data)
 
-    with mock.patch.object(answer_stream, "publish", recording):
+    with (
+        mock.patch.object(answer_stream, "publish", recording),
+        CaptureQueriesContext(connection) as queries,
+    ):
         assert generation_run(message_id=answer.pk) == Outcome.COMPLETED
 
     stored = Message.objects.get(pk=answer.pk)
@@ -76,6 +81,14 @@ def test_a_generated_answer_is_stored_settled_and_announced_as_the_row_holds_it(
     assert UsageRecord.objects.filter(message_id=answer.pk).count() == 1
     event_type, data = published[-1]
     assert (event_type, data["status"], data["attempt"]) == (answer_stream.DONE, "completed", 1)
+    # The frozen call's read, then one locked read for the provider ledger and settlement;
+    # the claim and the store read the answer's row once in all.
+    reservation_reads = [q for q in queries if q["sql"].startswith('SELECT "billing_reservation"')]
+    assert len(reservation_reads) == 2, [q["sql"] for q in reservation_reads]
+    message_reads = [
+        q for q in queries if q["sql"].startswith('SELECT "conversations_message"."id"')
+    ]
+    assert len(message_reads) == 1, [q["sql"] for q in message_reads]
     deltas = "".join(data["text"] for kind, data in published if kind == answer_stream.DELTA)
     assert deltas == stored.content
 
