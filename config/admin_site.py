@@ -1,5 +1,5 @@
-"""The Django admin's site: its front page is the operators' cockpit (billing.admin_cockpit),
-and failed logins are limited (config.auth_throttle).
+"""The Django admin's site: failed logins are limited (config.auth_throttle). Its front page,
+the operators' cockpit, is billing's (billing.admin_site extends this site).
 
 Failures are counted per username and per client address. Once either is over
 ADMIN_LOGIN_FAILURE_LIMIT in an ADMIN_LOGIN_FAILURE_WINDOW_SECONDS window, the login page
@@ -37,13 +37,7 @@ def _minutes(seconds: int) -> int:
 
 
 class GovernorAdminSite(admin.AdminSite):
-    # The front page is the operators' cockpit, with the app list below it.
-    index_template = "admin/cockpit/index.html"
-
-    def index(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
-        from billing.admin_cockpit import cockpit_context  # billing's models load after us
-
-        return super().index(request, {**cockpit_context(request), **(extra_context or {})})
+    """Failed logins limited. Its front page is billing's cockpit: billing.admin_site."""
 
     def login(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
         if request.method != "POST":

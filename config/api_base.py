@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from django.apps import apps
+from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db.models import Model, QuerySet
 from rest_framework import generics
@@ -112,7 +113,7 @@ class TenantScopedMixin:
     def get_queryset(self) -> QuerySet:
         if getattr(self, "swagger_fake_view", False):
             # Schema generation has no request tenant; an empty queryset of the right model.
-            tenant_model = apps.get_model("conversations", "Tenant")
+            tenant_model = apps.get_model(settings.TENANT_MODEL)
             return self.safely_get_queryset(tenant_model(pk=0)).none()
         return self.safely_get_queryset(self.tenant)
 

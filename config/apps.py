@@ -2,12 +2,8 @@ from django.contrib.admin.apps import AdminConfig
 
 
 class GovernorAdminConfig(AdminConfig):
-    """django.contrib.admin with our site (a limit on failed logins): config/admin_site.py.
+    """django.contrib.admin with our site: its front page is billing's cockpit
+    (billing/admin_site.py), its logins limited (config/admin_site.py). Named by a string,
+    so config imports no app."""
 
-    The one AppConfig of the config package, so it also registers config/checks.py."""
-
-    default_site = "config.admin_site.GovernorAdminSite"
-
-    def ready(self) -> None:
-        super().ready()
-        import config.checks  # noqa: F401 - registers the timeout checks
+    default_site = "billing.admin_site.CockpitAdminSite"

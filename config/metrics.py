@@ -26,11 +26,10 @@ import ipaddress
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Count, Sum
 from django.http import Http404, HttpRequest, HttpResponse
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -101,6 +100,18 @@ def record_bedrock_error(code: str) -> None:
         )
 
 
+# What each app reads from the database at a scrape (answers by status, the ledger, open
+# reservations), registered by its AppConfig.ready: config imports no app.
+_database_readers: list[Callable[[], list[Metric]]] = []
+
+
+def database_metrics_register(read: Callable[[], list[Metric]]) -> None:
+    """Add an app's database numbers to every scrape (read in one transaction, in the order
+    the apps are installed)."""
+    if read not in _database_readers:
+        _database_readers.append(read)
+
+
 def _celery_queue_keys() -> tuple[str, list[str]]:
     queue = getattr(settings, "CELERY_TASK_DEFAULT_QUEUE", None) or "celery"
     keys = [queue] + [f"{queue}{CELERY_PRIORITY_SEPARATOR}{step}" for step in CELERY_PRIORITY_STEPS]
@@ -141,56 +152,12 @@ class ScrapeTimeCollector(Collector):
         yield from families
 
     def _database_metrics(self) -> list[Metric]:
-        from billing.models import Reservation, ReservationStatus, UsageRecord
-        from conversations.models import Message, MessageRole, MessageStatus
-
         # One transaction so a statement timeout can be set for these queries only.
         with transaction.atomic():
             if connection.vendor == "postgresql":
                 with connection.cursor() as cursor:
                     cursor.execute(f"SET LOCAL statement_timeout = {DATABASE_STATEMENT_TIMEOUT_MS}")
-            by_status = dict(
-                Message.objects.filter(role=MessageRole.ASSISTANT)
-                .order_by()
-                .values_list("status")
-                .annotate(count=Count("pk"))
-            )
-            by_model = list(
-                UsageRecord.objects.order_by()
-                .values_list("model__model_id")
-                .annotate(
-                    input_tokens=Sum("input_tokens"),
-                    output_tokens=Sum("output_tokens"),
-                    cost=Sum("cost"),
-                )
-            )
-            open_reservations = Reservation.objects.filter(status=ReservationStatus.OPEN).count()
-
-        generations = GaugeMetricFamily(
-            "llama_generations", "Assistant answers by status.", labels=["status"]
-        )
-        for status in MessageStatus.values:
-            generations.add_metric([status], by_status.get(status, 0))
-        tokens = CounterMetricFamily(
-            "llama_tokens",
-            "Tokens billed in the usage ledger, by model and direction (input, output).",
-            labels=["model", "direction"],
-        )
-        cost = CounterMetricFamily(
-            "llama_cost_usd",
-            "Cost charged in the usage ledger, in USD, by model.",
-            labels=["model"],
-        )
-        for model_id, input_tokens, output_tokens, amount in by_model:
-            tokens.add_metric([model_id, "input"], input_tokens or 0)
-            tokens.add_metric([model_id, "output"], output_tokens or 0)
-            cost.add_metric([model_id], float(amount or 0))
-        reservations = GaugeMetricFamily(
-            "llama_reservations_open",
-            "Reservations held against budgets for answers not yet settled or released.",
-            value=open_reservations,
-        )
-        return [generations, tokens, cost, reservations]
+            return [family for read in _database_readers for family in read()]
 
     def _redis_metrics(self) -> list[Metric]:
         queue, queue_keys = _celery_queue_keys()

@@ -75,6 +75,9 @@ MIDDLEWARE = [
 ]
 
 ROOT_URLCONF = "config.urls"
+# The model authentication puts on request.tenant, named by app label (like AUTH_USER_MODEL):
+# config's scoped API base (config.api_base) needs it and imports no app.
+TENANT_MODEL = "conversations.Tenant"
 # Django 6 behaviour now: a URL typed without a scheme (a webhook URL in the admin) is https.
 FORMS_URLFIELD_ASSUME_HTTPS = True
 WSGI_APPLICATION = "config.wsgi.application"
@@ -233,7 +236,7 @@ ANSWER_STREAM_MAX_EVENTS = env.int("ANSWER_STREAM_MAX_EVENTS", default=20_000)
 # delta always goes at once).
 ANSWER_STREAM_COALESCE_SECONDS = env.float("ANSWER_STREAM_COALESCE_SECONDS", default=0.03)
 SSE_HEARTBEAT_SECONDS = env.float("SSE_HEARTBEAT_SECONDS", default=15.0)
-# Idle timeout of the proxy or load balancer in front (0: none declared). config/checks.py
+# Idle timeout of the proxy or load balancer in front (0: none declared). conversations/checks.py
 # refuses silent waits (mode: sync, ...) it would cut, and SSE heartbeats it would outlast.
 PROXY_IDLE_TIMEOUT_SECONDS = env.float("PROXY_IDLE_TIMEOUT_SECONDS", default=0.0)
 

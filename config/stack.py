@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import io
 import os
 import signal
 import subprocess
@@ -278,14 +279,14 @@ def _wait_until_ready(url: str, supervisor: Supervisor) -> None:
 def _bootstrap(base_dir: Path) -> str:
     from django.core.management import call_command
 
-    from conversations.demo import demo_api_key_ensure
-
-    # Settings whose timeouts contradict each other (config/checks.py) stop us here.
+    # Settings whose timeouts contradict each other (conversations/checks.py) stop us here.
     call_command("check", fail_level="ERROR")
     call_command("migrate", interactive=False, verbosity=0)
     call_command("load_model_catalogue")
     key_file = os.environ.get("DEMO_API_KEY_FILE") or base_dir / "var" / "demo_api_key"
-    return demo_api_key_ensure(key_file=Path(key_file))
+    # By name, like the commands above: config imports no app (pyproject's import contract).
+    # The key is returned, not printed: the banner shows it.
+    return call_command("ensure_demo_api_key", key_file=str(key_file), stdout=io.StringIO())
 
 
 def _banner(base_url: str, api_key: str, environment: dict[str, str]) -> str:

@@ -6,4 +6,11 @@ class ConversationsConfig(AppConfig):
     name = "conversations"
 
     def ready(self) -> None:
-        from conversations import schema  # noqa: F401 - registers the OpenAPI auth extension
+        from config.metrics import database_metrics_register
+        from conversations import (
+            checks,  # noqa: F401 - registers the checks of the generation pipeline's timeouts
+            schema,  # noqa: F401 - registers the OpenAPI auth extension
+        )
+        from conversations.metrics import generation_metrics
+
+        database_metrics_register(generation_metrics)

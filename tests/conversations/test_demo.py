@@ -32,3 +32,17 @@ def test_demo_key_is_replaced_when_revoked(tmp_path: Path) -> None:
     assert second != first
     assert api_key_authenticate(raw_key=second) is not None
     assert key_file.read_text().strip() == second
+
+
+@pytest.mark.django_db
+def test_the_run_command_gets_the_demo_key_by_the_management_command(tmp_path: Path) -> None:
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    key_file = tmp_path / "demo_api_key"
+    printed = StringIO()
+    key = call_command("ensure_demo_api_key", key_file=str(key_file), stdout=printed)
+    assert api_key_authenticate(raw_key=key).tenant.slug == "demo"
+    assert key_file.read_text().strip() == key
+    assert call_command("ensure_demo_api_key", key_file=str(key_file), stdout=StringIO()) == key

@@ -12,11 +12,11 @@ from argparse import ArgumentParser
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
+from django.apps import apps
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from billing.reconciliation import ReconciliationRow, provider_reconciliation
-from conversations.models import Tenant
 
 HEADER = (
     f"{'day':<10}  {'tenant':<20} {'model':<34} {'charged':>14} {'provider':>14} "
@@ -58,7 +58,10 @@ class Command(BaseCommand):
         tenant_id = None
         if options["tenant"]:
             tenant_id = (
-                Tenant.objects.filter(slug=options["tenant"]).values_list("pk", flat=True).first()
+                apps.get_model("conversations", "Tenant")  # by app label: DESIGN.md
+                .objects.filter(slug=options["tenant"])
+                .values_list("pk", flat=True)
+                .first()
             )
             if tenant_id is None:
                 raise CommandError(f"No tenant with slug {options['tenant']!r}.")

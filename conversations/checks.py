@@ -1,6 +1,6 @@
 """System checks: settings whose timeouts contradict each other are refused.
 
-Registered by config.apps.GovernorAdminConfig.ready, so `manage.py check` (with or without
+Registered by conversations.apps.ConversationsConfig.ready, so `manage.py check` (with or without
 `--deploy`), `migrate` and the run command refuse them before anything is served.
 
 - config.E010: the broker's visibility timeout must outlast the longest time a worker can

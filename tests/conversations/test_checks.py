@@ -1,4 +1,4 @@
-"""config/checks.py: settings whose timeouts contradict each other are refused."""
+"""conversations/checks.py: settings whose timeouts contradict each other are refused."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from django.core import checks
 from django.test import override_settings
 
-from config.checks import (
+from conversations.checks import (
     TYPICAL_PROXY_IDLE_TIMEOUT_SECONDS,
     longest_task_delivery_seconds,
     redelivery_delay_seconds,
