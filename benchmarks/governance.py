@@ -67,6 +67,7 @@ to 3x between runs; figures below are for clients as threads, the default of the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -446,13 +447,35 @@ def main() -> None:
         choices=["threads", "processes"],
         help="clients as threads of one process (one GIL) or as processes",
     )
+    parser.add_argument(
+        "--redis-url", help="Redis for the rate counters (default: an embedded redis-server)"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     arguments = parser.parse_args()
 
     if arguments.child:  # one backend per process: Django is set up once per process
         print(json.dumps(measure(arguments.child, arguments.operations, arguments.kinds)))
         return
+    with contextlib.ExitStack() as stack:
+        redis_url = arguments.redis_url or stack.enter_context(_embedded_redis())
+        _report(arguments, redis_url)
 
+
+@contextlib.contextmanager
+def _embedded_redis() -> Iterator[str]:
+    """A redis-server of our own on a free port: a turn's quota check reads Redis's clock."""
+    from config.embedded import EmbeddedRedis, free_port
+
+    with tempfile.TemporaryDirectory(prefix="bench-governance-") as directory:
+        embedded = EmbeddedRedis(port=free_port(), directory=Path(directory))
+        embedded.start()
+        try:
+            yield embedded.url
+        finally:
+            embedded.stop()
+
+
+def _report(arguments: argparse.Namespace, redis_url: str) -> None:
     print(f"Reservations against hard budgets, {MODEL_ID}, max_gen_len {MAX_GEN_LEN};")
     print(f"{arguments.operations} timed reservations per row.")
     print("clients as threads share one process (one GIL); as processes they do not.")
@@ -484,7 +507,7 @@ def main() -> None:
                     capture_output=True,
                     text=True,
                     check=True,
-                    env={**os.environ, "DATABASE_URL": database_url},
+                    env={**os.environ, "DATABASE_URL": database_url, "REDIS_URL": redis_url},
                 ).stdout
         except subprocess.CalledProcessError as error:
             print(f"{backend:<9} failed: {error.stderr.strip().splitlines()[-1:]}")
