@@ -59,15 +59,24 @@ def publish(
     `expire=False` leaves the stream's expiry as it is: for a writer that already set it
     (the worker, after its first event); a final event always sets it again.
     """
+    return publish_events(message_id, [(event_type, data)], expire=expire)
+
+
+def publish_events(
+    message_id: uuid.UUID | str, events: list[tuple[str, dict[str, Any]]], *, expire: bool = True
+) -> bool:
+    """Append events in order, in one round trip (see `publish`)."""
     key = stream_key(message_id)
-    fields = {"type": event_type, "data": json.dumps(data, default=str)}
     pipeline = get_redis().pipeline(transaction=False)
-    pipeline.xadd(key, fields, maxlen=settings.ANSWER_STREAM_MAX_EVENTS, approximate=True)
-    if expire or event_type in FINAL_EVENT_TYPES:
+    for event_type, data in events:
+        fields = {"type": event_type, "data": json.dumps(data, default=str)}
+        pipeline.xadd(key, fields, maxlen=settings.ANSWER_STREAM_MAX_EVENTS, approximate=True)
+        if event_type in FINAL_EVENT_TYPES:
+            expire = True
+            pipeline.xadd(final_key(message_id), fields)
+            pipeline.expire(final_key(message_id), settings.ANSWER_STREAM_TTL_SECONDS)
+    if expire:
         pipeline.expire(key, settings.ANSWER_STREAM_TTL_SECONDS)
-    if event_type in FINAL_EVENT_TYPES:
-        pipeline.xadd(final_key(message_id), fields)
-        pipeline.expire(final_key(message_id), settings.ANSWER_STREAM_TTL_SECONDS)
     try:
         pipeline.execute()
     except redis.RedisError as error:

@@ -319,16 +319,27 @@ class _Wire:
 
     def flush(self, now: float | None = None) -> None:
         """Send what is waiting (always before the final event)."""
-        if self.pending and self.broken_until is None:
-            text = "".join(self.pending)
-            self.pending.clear()
-            self.publish(answer_stream.DELTA, text=text, attempt=self.attempt)
+        if (event := self.take_pending()) is not None:
+            self.publish(event[0], **event[1])
         self.next_flush = (now or time.monotonic()) + settings.ANSWER_STREAM_COALESCE_SECONDS
 
+    def take_pending(self) -> tuple[str, dict[str, object]] | None:
+        """What is waiting as one delta event, for the caller to send (None: nothing, or
+        Redis away: the text goes out again whole once it is back)."""
+        if not self.pending or self.broken_until is not None:
+            return None
+        text = "".join(self.pending)
+        self.pending.clear()
+        return answer_stream.DELTA, {"text": text, "attempt": self.attempt}
 
-def _publish_final(message: Message) -> None:
+
+def _publish_final(message: Message, wire: _Wire | None = None) -> None:
+    """The final event; with the wire's last delta before it, in the same round trip."""
     event = answer_stream.ERROR if message.status == MessageStatus.FAILED else answer_stream.DONE
-    answer_stream.publish(message.pk, event, status=message.status, attempt=message.attempt_count)
+    events = [(event, {"status": message.status, "attempt": message.attempt_count})]
+    if wire is not None and (last_delta := wire.take_pending()) is not None:
+        events.insert(0, last_delta)
+    answer_stream.publish_events(message.pk, events)
 
 
 def _cancel_requested(message_id: uuid.UUID) -> bool:
@@ -398,7 +409,8 @@ def _generate(claim: _Claim, lease: _LeaseKeeper) -> Outcome:
         raise
     finally:
         events.close()  # stop reading from Bedrock at once on cancel or error
-        wire.flush()
+        if final is None:
+            wire.flush()  # a cancel or an error: what arrived goes out now
 
     if final is None and lease.lost:
         # Another attempt owns the answer now; this one only enters the provider ledger.
@@ -426,7 +438,9 @@ def _generate(claim: _Claim, lease: _LeaseKeeper) -> Outcome:
         charge=(final.prompt_token_count, final.generation_token_count),
     ):
         return Outcome.SKIPPED
-    _publish_final(claim.message)
+    # The last delta goes out with the final event: one round trip, and readers still see
+    # the text whole before the end.
+    _publish_final(claim.message, wire)
     return Outcome.COMPLETED
 
 

@@ -58,17 +58,18 @@ def test_a_claim_that_another_claim_overtook_takes_nothing(answer: Message) -> N
 
 
 def test_a_generated_answer_is_stored_settled_and_announced_as_the_row_holds_it(
-    answer: Message,
+    answer: Message, settings
 ) -> None:
-    published: list[tuple[str, dict]] = []
-    real_publish = answer_stream.publish
+    settings.ANSWER_STREAM_COALESCE_SECONDS = 60  # the first delta at once, the rest at the end
+    round_trips: list[list[str]] = []
+    real_publish_events = answer_stream.publish_events
 
-    def recording(message_id, event_type, **data):
-        published.append((event_type, data))
-        return real_publish(message_id, event_type, **data)
+    def recording(message_id, events, **options):
+        round_trips.append([event_type for event_type, _ in events])
+        return real_publish_events(message_id, events, **options)
 
     with (
-        mock.patch.object(answer_stream, "publish", recording),
+        mock.patch.object(answer_stream, "publish_events", recording),
         CaptureQueriesContext(connection) as queries,
     ):
         assert generation_run(message_id=answer.pk) == Outcome.COMPLETED
@@ -79,8 +80,6 @@ def test_a_generated_answer_is_stored_settled_and_announced_as_the_row_holds_it(
     assert stored.token_count > 0
     assert Reservation.objects.get(message_id=answer.pk).status == ReservationStatus.SETTLED
     assert UsageRecord.objects.filter(message_id=answer.pk).count() == 1
-    event_type, data = published[-1]
-    assert (event_type, data["status"], data["attempt"]) == (answer_stream.DONE, "completed", 1)
     # The frozen call's read, then one locked read for the provider ledger and settlement;
     # the claim and the store read the answer's row once in all.
     reservation_reads = [q for q in queries if q["sql"].startswith('SELECT "billing_reservation"')]
@@ -89,8 +88,15 @@ def test_a_generated_answer_is_stored_settled_and_announced_as_the_row_holds_it(
         q for q in queries if q["sql"].startswith('SELECT "conversations_message"."id"')
     ]
     assert len(message_reads) == 1, [q["sql"] for q in message_reads]
-    deltas = "".join(data["text"] for kind, data in published if kind == answer_stream.DELTA)
-    assert deltas == stored.content
+    # Two round trips to Redis: the first delta, then the last one with the final event.
+    assert round_trips == [["delta"], ["delta", "done"]]
+    entries = [
+        answer_stream.decode_entry(entry_id, fields)
+        for entry_id, fields in get_redis().xrange(answer_stream.stream_key(answer.pk))
+    ]
+    assert [entry.type for entry in entries] == ["delta", "delta", "done"]
+    assert "".join(entry.data.get("text", "") for entry in entries) == stored.content
+    assert (entries[-1].data["status"], entries[-1].data["attempt"]) == ("completed", 1)
 
 
 def test_the_wire_sets_the_streams_expiry_once_not_per_delta(settings) -> None:
