@@ -94,13 +94,14 @@ def _claim(message_id: uuid.UUID) -> _Claim | Outcome:
         | Q(status=MessageStatus.RUNNING, lease_expires_at__lt=now)
         | Q(status=MessageStatus.RUNNING, lease_expires_at__isnull=True)
     )
-    claimed_fields = {
-        "status": MessageStatus.RUNNING,
-        "attempt_count": message.attempt_count + 1,
-        "lease_expires_at": _lease_until(),
-        "updated_at": now,
-    }
     with transaction.atomic():
+        # The lease runs from when the write lock is held (SQLite waits for it at BEGIN).
+        claimed_fields = {
+            "status": MessageStatus.RUNNING,
+            "attempt_count": message.attempt_count + 1,
+            "lease_expires_at": _lease_until(),
+            "updated_at": now,
+        }
         if settings.GENERATION_TENANT_MAX_RUNNING > 0:
             # The tenant's row lock makes "count, then claim" one step per tenant, so
             # concurrent claims cannot all pass the cap together.
@@ -221,20 +222,23 @@ def _finish(
     """
     message = claim.message
     conversation = message.conversation
-    now = timezone.now()
-    final_fields = {
-        "status": status,
-        "content": content,
-        "token_count": message_token_count(conversation.model, content),
-        "prompt_token_count": prompt_token_count,
-        "generation_token_count": generation_token_count,
-        "stop_reason": stop_reason,
-        "error_code": error_code,
-        "error_message": error_message,
-        "completed_at": now,
-        "updated_at": now,
-    }
+    token_count = message_token_count(conversation.model, content)
     with transaction.atomic():
+        # Stamped once the write lock is held (SQLite waits for it at BEGIN): completed_at
+        # is when the answer was stored.
+        now = timezone.now()
+        final_fields = {
+            "status": status,
+            "content": content,
+            "token_count": token_count,
+            "prompt_token_count": prompt_token_count,
+            "generation_token_count": generation_token_count,
+            "stop_reason": stop_reason,
+            "error_code": error_code,
+            "error_message": error_message,
+            "completed_at": now,
+            "updated_at": now,
+        }
         stored = Message.objects.filter(
             pk=message.pk, status=MessageStatus.RUNNING, attempt_count=claim.attempt
         ).update(**final_fields)
