@@ -139,6 +139,18 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: N
         database.setdefault("TEST", {})["NAME"] = str(directory / "test.sqlite3")
 
 
+# A moment in the middle of every failure window the tests use (60 s and 900 s): counts
+# must not reset under a test because the wall clock crossed a window's end.
+MID_WINDOW_EPOCH_SECONDS = 1_000_000 * 900 + 450.0
+
+
+@pytest.fixture(autouse=True)
+def _authentication_failure_clock_mid_window(monkeypatch) -> None:
+    from config import auth_throttle
+
+    monkeypatch.setattr(auth_throttle, "clock", lambda: MID_WINDOW_EPOCH_SECONDS)
+
+
 @pytest.fixture(autouse=True)
 def _fresh_authentication_failure_counts() -> None:
     """Every test client is 127.0.0.1: one test's failed keys must not throttle the next."""

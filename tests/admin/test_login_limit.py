@@ -109,7 +109,7 @@ def test_logins_under_the_limit_work_and_do_not_count(operator) -> None:
 
 def test_the_limit_ends_with_its_window(operator, settings, monkeypatch) -> None:
     now = 1_000_000 * settings.ADMIN_LOGIN_FAILURE_WINDOW_SECONDS + 30.0
-    monkeypatch.setattr(auth_throttle.time, "time", lambda: now)
+    monkeypatch.setattr(auth_throttle, "clock", lambda: now)
     for attempt in range(LIMIT):
         log_in("operator", f"wrong {attempt}")
     _, refused = log_in("operator", PASSWORD)

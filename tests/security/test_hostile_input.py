@@ -667,7 +667,7 @@ def test_the_default_limit_is_twenty_a_minute(owner_key) -> None:
 def test_the_limit_ends_with_its_window(owner_key, settings, monkeypatch) -> None:
     settings.AUTH_FAILURE_LIMIT = 2
     now = 1_000_000 * settings.AUTH_FAILURE_WINDOW_SECONDS + 5.0
-    monkeypatch.setattr(auth_throttle.time, "time", lambda: now)
+    monkeypatch.setattr(auth_throttle, "clock", lambda: now)
     fail_to_authenticate("203.0.113.7", 2)
     throttled = client_from("203.0.113.7", wrong_key()).get("/api/v1/tenant")
     assert throttled.status_code == 429
