@@ -51,8 +51,10 @@ from billing.models import (
     Reservation,
     UsageRecord,
 )
+from billing.pricing import price_in_force_annotate
 from billing.reconciliation import provider_reconciliation
 from billing.services import budget_state
+from models_catalog.models import FoundationModel
 
 BUDGET_FIELDS = [
     "name", "period", "limit_amount", "is_hard", "soft_threshold_percent",
@@ -595,3 +597,41 @@ class ProviderAttemptAdmin(ReadOnlyAdmin):
         return TemplateResponse(
             request, "admin/billing/providerattempt/reconciliation.html", context
         )
+
+
+# --- The model catalogue, with each model's price in force -----------------------------------
+# Registered here, not in models_catalog: prices are billing's, and the catalogue imports no
+# billing code (the import contract in pyproject.toml). Its admin pages stay where they were.
+
+
+def _per_million(amount: Decimal | None) -> str:
+    return "—" if amount is None else f"{amount.normalize():f}"
+
+
+@admin.register(FoundationModel)
+class FoundationModelAdmin(admin.ModelAdmin):
+    list_display = [
+        "model_id", "name", "family", "context_window", "max_gen_len_cap",
+        "input_price_column", "output_price_column", "price_history", "is_active",
+    ]  # fmt: skip
+    list_filter = ["family", "is_active"]
+    search_fields = ["model_id", "name"]
+    list_editable = ["is_active"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[FoundationModel]:
+        # Every model, active or not, with the price in force now (the API's selector
+        # lists active models only).
+        return price_in_force_annotate(super().get_queryset(request))
+
+    @admin.display(description="input USD / 1M tokens", ordering="input_price_per_million")
+    def input_price_column(self, model: Any) -> str:
+        return _per_million(model.input_price_per_million)
+
+    @admin.display(description="output USD / 1M tokens", ordering="output_price_per_million")
+    def output_price_column(self, model: Any) -> str:
+        return _per_million(model.output_price_per_million)
+
+    @admin.display(description="prices")
+    def price_history(self, model: FoundationModel) -> str:
+        url = reverse("admin:billing_modelprice_changelist")
+        return format_html('<a href="{}?model__id__exact={}">history</a>', url, model.pk)

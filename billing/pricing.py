@@ -6,6 +6,8 @@ from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 
 from django.conf import settings
+from django.db.models import OuterRef, QuerySet, Subquery
+from django.utils import timezone
 from rest_framework import status
 
 from billing.models import ModelPrice
@@ -32,6 +34,21 @@ def price_in_force(*, model: FoundationModel, at: datetime) -> ModelPrice:
             "an operator must set one."
         )
     return price
+
+
+def price_in_force_annotate(
+    models: QuerySet[FoundationModel], *, at: datetime | None = None
+) -> QuerySet[FoundationModel]:
+    """Each model with the price in force at `at` (now): input_price_per_million,
+    output_price_per_million and price_effective_from, None where no price is set."""
+    in_force = ModelPrice.objects.filter(
+        model=OuterRef("pk"), effective_from__lte=at or timezone.now()
+    ).order_by("-effective_from")
+    return models.annotate(
+        input_price_per_million=Subquery(in_force.values("input_price_per_million")[:1]),
+        output_price_per_million=Subquery(in_force.values("output_price_per_million")[:1]),
+        price_effective_from=Subquery(in_force.values("effective_from")[:1]),
+    )
 
 
 def token_cost(

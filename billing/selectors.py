@@ -9,6 +9,9 @@ from django.db.models import Count, QuerySet, Sum
 from django.db.models.functions import TruncDay
 
 from billing.models import OPERATOR_ALERT_KINDS, Alert, Budget, Quota, UsageRecord
+from billing.pricing import price_in_force_annotate
+from models_catalog.models import FoundationModel
+from models_catalog.selectors import foundation_model_get_active, foundation_model_list_active
 
 GROUPINGS = {
     "day": "day",
@@ -99,3 +102,15 @@ def usage_by_message(*, tenant: Any, message_ids: list[Any]) -> dict[Any, UsageR
         record.message_id: record
         for record in UsageRecord.objects.filter(tenant=tenant, message_id__in=message_ids)
     }
+
+
+def foundation_model_list_with_prices() -> QuerySet[FoundationModel]:
+    """Active models with the price in force now."""
+    return price_in_force_annotate(foundation_model_list_active())
+
+
+def foundation_model_get_active_with_price(*, raw_model_id: str) -> FoundationModel:
+    """The active model that raw_model_id names, with its price in force, or not_found."""
+    return foundation_model_get_active(
+        raw_model_id=raw_model_id, models=foundation_model_list_with_prices()
+    )

@@ -33,8 +33,8 @@ DANGEROUSLY_UNSCOPED_VIEWS = frozenset(
     {
         "conversations.apis.TenantMeApi",
         "conversations.sse.message_stream",
-        "models_catalog.apis.FoundationModelListApi",
-        "models_catalog.apis.FoundationModelDetailApi",
+        "billing.model_apis.FoundationModelListApi",
+        "billing.model_apis.FoundationModelDetailApi",
         "openai_api.apis.ChatCompletionsApi",
         "openai_api.apis.ModelListApi",
         "openai_api.apis.ModelDetailApi",

@@ -5,7 +5,6 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from config import health, metrics
 
 api_v1 = [
-    path("", include("models_catalog.urls")),
     path("", include("conversations.urls")),
     path("", include("billing.urls")),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),

@@ -21,10 +21,6 @@ BY_APP_LABEL = {
         "the cockpit counts answers in progress (to move: a conversations selector the "
         "cockpit's page is given)"
     ),
-    ("models_catalog", "billing.ModelPrice"): (
-        "the model list and the catalogue's admin show the price in force (to move: prices "
-        "shown by a billing view or admin)"
-    ),
 }
 
 

@@ -1,3 +1,7 @@
+"""GET /api/v1/models[/{id}]: the catalogue as tenants buy it, each model with its price in
+force. Here, not in models_catalog: prices are billing's, and the catalogue imports no
+billing code (the import contract in pyproject.toml)."""
+
 from __future__ import annotations
 
 from drf_spectacular.utils import extend_schema
@@ -5,7 +9,10 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from models_catalog.selectors import foundation_model_get_active, foundation_model_list_with_prices
+from billing.selectors import (
+    foundation_model_get_active_with_price,
+    foundation_model_list_with_prices,
+)
 from models_catalog.serializers import FoundationModelOutputSerializer
 
 
@@ -31,5 +38,5 @@ class FoundationModelDetailApi(APIView):
         summary="One active model; accepts inference profile ids such as us.meta....",
     )
     def get(self, request: Request, model_id: str) -> Response:
-        model = foundation_model_get_active(raw_model_id=model_id)
+        model = foundation_model_get_active_with_price(raw_model_id=model_id)
         return Response(FoundationModelOutputSerializer(model).data)
