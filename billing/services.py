@@ -378,14 +378,10 @@ class Settlement:
 
 
 def reservation_lock(*, message_id: Any) -> Reservation | None:
-    """The answer's reservation, its row locked until the transaction ends (its model read
-    with it): for a caller that settles and records the provider attempt in one go."""
-    return (
-        Reservation.objects.select_for_update()
-        .select_related("model")
-        .filter(message_id=message_id)
-        .first()
-    )
+    """The answer's reservation, its row locked until the transaction ends: for a caller
+    that settles and records the provider attempt in one go. No join: on PostgreSQL a
+    joined row would be locked too (the shared model row, deadlocking every reservation)."""
+    return Reservation.objects.select_for_update().filter(message_id=message_id).first()
 
 
 def reservation_settle(

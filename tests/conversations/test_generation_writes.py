@@ -12,6 +12,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from billing.models import Reservation, ReservationStatus, UsageRecord
+from billing.services import reservation_lock
 from config.redis_client import get_redis
 from conversations import answer_stream
 from conversations.models import Message, MessageStatus
@@ -139,3 +140,12 @@ def test_the_wire_sets_the_expiry_again_after_redis_was_away(settings) -> None:
 
     assert [entry[1][b"type"] for entry in get_redis().xrange(key)] == [b"reset", b"delta"]
     assert get_redis().ttl(key) > 0
+
+
+def test_the_reservation_lock_joins_no_other_table(answer: Message) -> None:
+    # On PostgreSQL, FOR UPDATE locks every joined row: a join to the shared model row
+    # deadlocked concurrent reservations (peer_compare --postgres).
+    with CaptureQueriesContext(connection) as queries:
+        assert reservation_lock(message_id=answer.pk) is not None
+    [query] = queries
+    assert "JOIN" not in query["sql"].upper(), query["sql"]
