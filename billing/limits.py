@@ -108,7 +108,8 @@ def budget_update(*, budget: Budget, managed_by: str, **changes: Any) -> Budget:
     if not fields:
         return budget
     with transaction.atomic():
-        Budget.objects.select_for_update().filter(pk=budget.pk).exists()
+        if not Budget.objects.select_for_update().filter(pk=budget.pk).exists():
+            raise NotFoundError("Not found.")  # deleted since it was looked up
         if COUNTER_SCOPE_FIELDS & set(fields):
             fields.update(period_start=None, spent_amount=ZERO)
         for key, value in fields.items():
@@ -153,7 +154,10 @@ def quota_update(*, quota: Quota, managed_by: str, **changes: Any) -> Quota:
         return quota
     for key, value in fields.items():
         setattr(quota, key, value)
-    quota.save(update_fields=[*fields, "updated_at"])
+    with transaction.atomic():
+        if not Quota.objects.select_for_update().filter(pk=quota.pk).exists():
+            raise NotFoundError("Not found.")  # deleted since it was looked up
+        quota.save(update_fields=[*fields, "updated_at"])
     return quota
 
 
