@@ -32,7 +32,7 @@ from django.db.models import (
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from billing.limits import OperatorManagedError
+from billing.limits import OperatorManagedError, limit_row_delete
 from billing.models import Budget, BudgetPeriod, ManagedBy, Quota, UsageRecord
 from billing.periods import period_bounds
 from config.errors import ApplicationError, NotFoundError
@@ -190,7 +190,7 @@ def operator_quota_save(*, quota: Quota, changed_fields: Iterable[str] | None = 
 
 def operator_limit_delete(*, limit: Budget | Quota) -> None:
     _refuse_tenant_managed(limit)
-    limit.delete()
+    limit_row_delete(limit)
 
 
 @dataclass(frozen=True)

@@ -120,7 +120,20 @@ def budget_update(*, budget: Budget, managed_by: str, **changes: Any) -> Budget:
 
 def budget_delete(*, budget: Budget, managed_by: str) -> None:
     _check_managed_by(budget, managed_by)
-    budget.delete()
+    limit_row_delete(budget)
+
+
+def limit_row_delete(limit: Budget | Quota) -> None:
+    """Delete a budget or quota under the row lock settlement and reservations take.
+
+    Without it, a settlement committing an alert for this budget between the delete's
+    collection of its alerts and its commit breaks the alert's foreign key (a 500); with
+    it, the settlement either went first (its alert is deleted with the budget) or finds
+    the row gone and skips it. Already gone: nothing to do.
+    """
+    with transaction.atomic():
+        if type(limit).objects.select_for_update().filter(pk=limit.pk).exists():
+            limit.delete()
 
 
 def quota_create(
@@ -163,4 +176,4 @@ def quota_update(*, quota: Quota, managed_by: str, **changes: Any) -> Quota:
 
 def quota_delete(*, quota: Quota, managed_by: str) -> None:
     _check_managed_by(quota, managed_by)
-    quota.delete()
+    limit_row_delete(quota)
