@@ -94,6 +94,12 @@ def budget_create(
 COUNTER_SCOPE_FIELDS = frozenset({"end_user", "model", "per_end_user", "period"})
 
 
+def _row_locked(limit: Budget | Quota) -> bool:
+    """Take the row lock settlement and reservations take (inside a transaction); False
+    when the row is gone."""
+    return type(limit).objects.select_for_update().filter(pk=limit.pk).exists()
+
+
 def budget_update(*, budget: Budget, managed_by: str, **changes: Any) -> Budget:
     """Write only the changed fields, under the budget's row lock.
 
@@ -108,7 +114,7 @@ def budget_update(*, budget: Budget, managed_by: str, **changes: Any) -> Budget:
     if not fields:
         return budget
     with transaction.atomic():
-        if not Budget.objects.select_for_update().filter(pk=budget.pk).exists():
+        if not _row_locked(budget):
             raise NotFoundError("Not found.")  # deleted since it was looked up
         if COUNTER_SCOPE_FIELDS & set(fields):
             fields.update(period_start=None, spent_amount=ZERO)
@@ -132,7 +138,7 @@ def limit_row_delete(limit: Budget | Quota) -> None:
     the row gone and skips it. Already gone: nothing to do.
     """
     with transaction.atomic():
-        if type(limit).objects.select_for_update().filter(pk=limit.pk).exists():
+        if _row_locked(limit):
             limit.delete()
 
 
@@ -168,7 +174,7 @@ def quota_update(*, quota: Quota, managed_by: str, **changes: Any) -> Quota:
     for key, value in fields.items():
         setattr(quota, key, value)
     with transaction.atomic():
-        if not Quota.objects.select_for_update().filter(pk=quota.pk).exists():
+        if not _row_locked(quota):
             raise NotFoundError("Not found.")  # deleted since it was looked up
         quota.save(update_fields=[*fields, "updated_at"])
     return quota

@@ -11,6 +11,7 @@ nothing but the end, blocks on that one entry instead of reading every delta to 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -108,50 +109,54 @@ def _waiter_client() -> redis.Redis:
     )
 
 
-def wait_final(message_id: uuid.UUID | str, *, timeout_seconds: float) -> StreamEntry | None:
-    """Block until the answer's final event (a web thread's sync wait); None when the time
-    is up first. Raises redis.RedisError when Redis is away: the caller reads the answer's
-    state from the database either way, the final event only says when to."""
+def _blocking_reads(
+    key: str, *, timeout_seconds: float, after: str, count: int
+) -> Iterator[StreamEntry]:
+    """Entries of one stream key as they arrive, until the time is up, on a connection of
+    the waiter's own (`_waiter_client`); the waiter's request slot is given back first.
+    Redis errors reach the caller."""
     release_request_slot()  # waiting is not work: the tenant's next request may go ahead
     client = _waiter_client()
-    key = final_key(message_id)
     deadline = time.monotonic() + timeout_seconds
     try:
         while (remaining := deadline - time.monotonic()) > 0:
             block_ms = max(1, int(min(remaining, 1.0) * 1000))
-            response = client.xread({key: "0-0"}, block=block_ms, count=1)
+            response = client.xread({key: after}, block=block_ms, count=count)
             for _, entries in response or []:
                 for entry_id, fields in entries:
-                    return decode_entry(entry_id, fields)
-        return None
+                    entry = decode_entry(entry_id, fields)
+                    after = entry.entry_id
+                    yield entry
     finally:
         client.close()
+
+
+def wait_final(message_id: uuid.UUID | str, *, timeout_seconds: float) -> StreamEntry | None:
+    """Block until the answer's final event (a web thread's sync wait); None when the time
+    is up first. Raises redis.RedisError when Redis is away: the caller reads the answer's
+    state from the database either way, the final event only says when to."""
+    reads = _blocking_reads(
+        final_key(message_id), timeout_seconds=timeout_seconds, after="0-0", count=1
+    )
+    with contextlib.closing(reads):
+        return next(reads, None)
 
 
 def read_until_final(
     message_id: uuid.UUID | str, *, timeout_seconds: float, after: str = "0-0"
 ) -> Iterator[StreamEntry]:
     """Blocking reader for a web thread that needs the deltas (a stop sequence to watch
-    for): yields entries up to a final one. It reads on a connection of its own (see
-    `_waiter_client`); Redis going away ends the wait (the caller reads the answer's state
-    from the database).
+    for): yields entries up to a final one. Redis going away ends the wait (the caller
+    reads the answer's state from the database).
     """
-    release_request_slot()  # waiting is not work: the tenant's next request may go ahead
-    client = _waiter_client()
-    key = stream_key(message_id)
-    deadline = time.monotonic() + timeout_seconds
+    reads = _blocking_reads(
+        stream_key(message_id), timeout_seconds=timeout_seconds, after=after, count=500
+    )
     try:
-        while (remaining := deadline - time.monotonic()) > 0:
-            block_ms = max(1, int(min(remaining, 1.0) * 1000))
-            response = client.xread({key: after}, block=block_ms, count=500)
-            for _, entries in response or []:
-                for entry_id, fields in entries:
-                    entry = decode_entry(entry_id, fields)
-                    after = entry.entry_id
-                    yield entry
-                    if entry.type in FINAL_EVENT_TYPES:
-                        return
+        with contextlib.closing(reads):
+            for entry in reads:
+                yield entry
+                if entry.type in FINAL_EVENT_TYPES:
+                    return
     except redis.RedisError as error:
         logger.warning("Answer stream %s unreadable: %s", message_id, error)
-    finally:
-        client.close()
