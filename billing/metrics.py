@@ -1,16 +1,26 @@
-"""This app's numbers at /metrics (config.metrics): the ledger by model, open reservations."""
+"""This app's numbers at /metrics (config.metrics): the ledger by model, open reservations.
+
+Neither reads the ledger. Tokens and cost are summed from the daily rollups
+(billing.rollups), which settlement adds to in the transaction that writes each ledger row:
+counters kept as the work happens, right for every web and worker process at once, and a
+scrape reads one row per day, tenant and model instead of one per answer. (One row per
+model would do in a single read, but every tenant's settlements of that model would then
+queue on its lock.) Open reservations are state, not a count of events: the partial index
+`reservation_open` holds exactly them, so counting it costs what is in flight; a counter
+of them would be one row that every reservation and every close of every tenant locks.
+"""
 
 from __future__ import annotations
 
 from django.db.models import Sum
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from billing.models import Reservation, ReservationStatus, UsageRecord
+from billing.models import DailyCharge, Reservation, ReservationStatus
 
 
 def ledger_metrics() -> list[Metric]:
     by_model = list(
-        UsageRecord.objects.order_by()
+        DailyCharge.objects.order_by()
         .values_list("model__model_id")
         .annotate(
             input_tokens=Sum("input_tokens"),

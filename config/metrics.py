@@ -5,18 +5,22 @@ Two kinds of numbers:
 - per-process HTTP metrics (requests by method, URL name and status; latency by URL name),
   counted by `config.request_context`'s middleware;
 - numbers read at scrape time from the places that hold the truth for every web and worker
-  process at once: answers by status, tokens and cost by model (the ledger), open
-  reservations (the database), Bedrock errors and the Celery queue (Redis). A dependency
-  that is down drops its numbers and reports `llama_dependency_up{dependency=…} 0`; the
-  scrape itself still answers.
+  process at once, kept there as the work happens so a scrape reads no ledger: tokens and
+  cost by model (the daily rollups that settlement adds to), open reservations and answers
+  by status (the database's current state), Bedrock errors (counted in Redis as they
+  happen) and the Celery queue (Redis). Workers run on other hosts than the web, so a
+  counter in a process's memory could not be scraped here. A dependency that is down drops
+  its numbers and reports `llama_dependency_up{dependency=…} 0`; the scrape itself still
+  answers.
 
 With several web processes, set PROMETHEUS_MULTIPROC_DIR (an empty directory, wiped when the
 service starts) in all of them: prometheus_client then keeps the HTTP metrics in files there
 and any process's /metrics sums them all.
 
-Who may read it: with METRICS_TOKEN set, whoever sends `Authorization: Bearer <token>`;
-without one, only an unproxied request from a loopback address without credentials.
-Everyone else, tenants' API keys included, gets 404, as if there were nothing here.
+Who may read it (credentials read by config.credentials, as everywhere): with METRICS_TOKEN
+set, whoever sends `Authorization: Bearer <token>`; without one, only an unproxied request
+from a loopback address without credentials. Everyone else, tenants' API keys included,
+gets 404, as if there were nothing here.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from config.credentials import presented_credentials
 from config.redis_client import get_redis
 
 logger = logging.getLogger(__name__)
@@ -208,14 +213,15 @@ def _is_loopback(address: str) -> bool:
 
 
 def _may_read_metrics(request: HttpRequest) -> bool:
-    authorization = request.headers.get("Authorization", "")
+    credentials = presented_credentials(request)
     token = settings.METRICS_TOKEN
     if token:
-        scheme, _, provided = authorization.partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(
-            provided.strip().encode(), token.encode()
+        return (
+            credentials is not None
+            and credentials.bearer is not None
+            and hmac.compare_digest(credentials.bearer.encode(), token.encode())
         )
-    if authorization:
+    if credentials is not None:
         return False  # a tenant's key proves nothing here
     # A reverse proxy on this host makes every client look local; its headers give it away.
     proxied = any(

@@ -17,6 +17,7 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 
 from config import auth_throttle
 from config.body_limit import TOO_LARGE_CODE, too_large_message
+from config.credentials import AuthenticationFailure, authentication_failure
 from config.errors import error_body, json_error_response
 
 logger = logging.getLogger(__name__)
@@ -80,13 +81,12 @@ def _refusal(request: HttpRequest) -> HttpResponse | None:
     return None
 
 
-def _guess_scopes(request: HttpRequest) -> list[str]:
+def _guess_scopes(request: HttpRequest, failure: AuthenticationFailure) -> list[str]:
     """What a failed authentication counts against: the address, and the key's prefix when
     the credentials had the shape of one of our keys (conversations.authentication)."""
     scopes = [auth_throttle.address_scope(auth_throttle.client_address(request))]
-    prefix = getattr(request, "presented_key_prefix", None)
-    if prefix:
-        scopes.append(f"key:{prefix}")
+    if failure.key_prefix:
+        scopes.append(f"key:{failure.key_prefix}")
     return scopes
 
 
@@ -119,8 +119,9 @@ class ApiJsonErrorMiddleware:
         response = self.get_response(request)
         # Only requests that present credentials can be guesses, and the key was checked
         # first: a valid one was served whatever the counts say, a failure is counted.
-        if response.status_code == 401 and request.META.get("HTTP_AUTHORIZATION"):
-            retry_after = auth_throttle.API_KEYS.record_failure(_guess_scopes(request))
+        failure = authentication_failure(request)
+        if response.status_code == 401 and failure is not None and failure.presented:
+            retry_after = auth_throttle.API_KEYS.record_failure(_guess_scopes(request, failure))
             if retry_after is not None:
                 return _too_many_failed_authentications(retry_after)
         if (

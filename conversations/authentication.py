@@ -1,25 +1,37 @@
-"""API key authentication: resolves the tenant once, for every view behind it."""
+"""API key authentication: the one entry point that turns a request's credentials into its
+tenant and key, or a typed failure. The DRF class (every API view) and the SSE view call it;
+the failed-authentication limit reads the failure it notes (config.credentials)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from django.http import HttpRequest
 from rest_framework import authentication, exceptions, permissions
 from rest_framework.request import Request
 
+from config.credentials import (
+    WWW_AUTHENTICATE,
+    AuthenticationFailure,
+    authentication_failure_note,
+    presented_credentials,
+)
 from conversations.api_keys import split_key
 from conversations.models import ApiKey, Tenant
 from conversations.services import api_key_authenticate
 
-BEARER = "bearer"
-
-
-def bearer_key(header: str) -> str | None:
-    """The key of an `Authorization: Bearer <key>` header; None for any other shape."""
-    scheme, _, raw_key = header.partition(" ")
-    if scheme.lower() != BEARER or not raw_key.strip():
-        return None
-    return raw_key.strip()
+NOT_PROVIDED = AuthenticationFailure(
+    code="not_authenticated",
+    message=str(exceptions.NotAuthenticated.default_detail),
+    presented=False,
+)
+MALFORMED = AuthenticationFailure(
+    code="authentication_failed",
+    message="Send the API key as 'Authorization: Bearer <key>'.",
+    presented=True,
+)
+# One message for unknown, wrong, revoked and inactive: no hint for a guesser.
+INVALID_MESSAGE = "Invalid, revoked or inactive API key."
 
 
 @dataclass(frozen=True)
@@ -31,30 +43,43 @@ class TenantPrincipal:
     is_authenticated: bool = True
 
 
+def request_authenticate(request: HttpRequest) -> TenantPrincipal | AuthenticationFailure:
+    """The tenant and key the request's credentials prove, or why they prove nothing.
+
+    On success request.tenant is set, for every view and middleware after; a failure is
+    noted on the request for the failed-authentication limit (config.middleware)."""
+    credentials = presented_credentials(request)
+    if credentials is None:
+        return NOT_PROVIDED
+    failure = MALFORMED
+    if credentials.bearer is not None:
+        api_key = api_key_authenticate(raw_key=credentials.bearer)
+        if api_key is not None:
+            request.tenant = api_key.tenant  # type: ignore[attr-defined]
+            return TenantPrincipal(tenant=api_key.tenant, api_key=api_key)
+        parts = split_key(credentials.bearer)
+        # Failures are limited per key prefix as well as per address.
+        failure = AuthenticationFailure(
+            code="authentication_failed",
+            message=INVALID_MESSAGE,
+            presented=True,
+            key_prefix=parts[0] if parts is not None else None,
+        )
+    authentication_failure_note(request, failure)
+    return failure
+
+
 class ApiKeyAuthentication(authentication.BaseAuthentication):
     def authenticate(self, request: Request) -> tuple[TenantPrincipal, ApiKey] | None:
-        header = authentication.get_authorization_header(request).decode("latin-1")
-        if not header:
-            return None
-        raw_key = bearer_key(header)
-        if raw_key is None:
-            raise exceptions.AuthenticationFailed(
-                "Send the API key as 'Authorization: Bearer <key>'."
-            )
-        parts = split_key(raw_key)
-        if parts is not None:
-            # Failures are limited per key prefix as well as per address (config.middleware).
-            request._request.presented_key_prefix = parts[0]
-        api_key = api_key_authenticate(raw_key=raw_key)
-        if api_key is None:
-            # One message for unknown, wrong, revoked and inactive: no hint for a guesser.
-            raise exceptions.AuthenticationFailed("Invalid, revoked or inactive API key.")
-        # Set on the Django request so request.tenant works for every view and middleware.
-        request._request.tenant = api_key.tenant
-        return TenantPrincipal(tenant=api_key.tenant, api_key=api_key), api_key
+        outcome = request_authenticate(request._request)
+        if isinstance(outcome, TenantPrincipal):
+            return outcome, outcome.api_key
+        if not outcome.presented:
+            return None  # anonymous: the view's permissions decide (public views allow it)
+        raise exceptions.AuthenticationFailed(outcome.message)
 
     def authenticate_header(self, request: Request) -> str:
-        return 'Bearer realm="api"'
+        return WWW_AUTHENTICATE
 
 
 class IsTenantAuthenticated(permissions.BasePermission):

@@ -1,4 +1,12 @@
-"""This app's numbers at /metrics (config.metrics): assistant answers by status."""
+"""This app's numbers at /metrics (config.metrics): assistant answers by status.
+
+Still a count of the messages table at each scrape, unlike the ledger's numbers (billing.
+metrics): it is the table's state, not a count of events. Answers leave it with their
+conversation, and the sweeper, cancellation and the worker each make answers final in
+transactions of their own; a counter would have to follow all of them, and one kept outside
+those transactions (Redis, a process's memory) drifts whenever one rolls back or a worker
+dies.
+"""
 
 from __future__ import annotations
 

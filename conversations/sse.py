@@ -23,12 +23,12 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.views.decorators.http import require_GET
 
 from config.api_base import dangerously_unscoped
+from config.credentials import WWW_AUTHENTICATE
 from config.errors import error_body
 from conversations import answer_stream
-from conversations.authentication import bearer_key
+from conversations.authentication import TenantPrincipal, request_authenticate
 from conversations.chat_serializers import MessageOutputSerializer
 from conversations.models import Message, MessageRole, MessageStatus, Tenant
-from conversations.services import api_key_authenticate
 
 FINAL_STATUSES = (MessageStatus.COMPLETED, MessageStatus.FAILED, MessageStatus.CANCELLED)
 STREAM_ENTRY_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
@@ -43,19 +43,15 @@ T = TypeVar("T")
 def _error(status: int, code: str, message: str) -> JsonResponse:
     response = JsonResponse(error_body(code, message), status=status)
     if status == 401:
-        response["WWW-Authenticate"] = 'Bearer realm="api"'
+        response["WWW-Authenticate"] = WWW_AUTHENTICATE
     return response
 
 
 def _tenant_for(request: HttpRequest) -> Tenant | JsonResponse:
-    header = request.headers.get("Authorization", "")
-    if not header:
-        return _error(401, "not_authenticated", "Authentication credentials were not provided.")
-    raw_key = bearer_key(header)
-    api_key = api_key_authenticate(raw_key=raw_key) if raw_key else None
-    if api_key is None:
-        return _error(401, "authentication_failed", "Invalid, revoked or inactive API key.")
-    return api_key.tenant
+    outcome = request_authenticate(request)
+    if isinstance(outcome, TenantPrincipal):
+        return outcome.tenant
+    return _error(401, outcome.code, outcome.message)
 
 
 def _event(event_type: str, data: dict[str, Any], entry_id: str | None = None) -> str:
@@ -157,7 +153,6 @@ async def message_stream(request: HttpRequest, message_id: uuid.UUID) -> HttpRes
     tenant = await sync_to_async(_tenant_for)(request)
     if isinstance(tenant, JsonResponse):
         return tenant
-    request.tenant = tenant  # for the log lines of this request, as authentication does
     message = await sync_to_async(_released)(
         lambda: Message.objects.filter(tenant=tenant, pk=message_id).first()
     )
