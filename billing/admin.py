@@ -22,6 +22,7 @@ from decimal import Decimal
 from typing import Any
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin
 from django.contrib.admin.widgets import RelatedFieldWidgetWrapper
 from django.core.exceptions import PermissionDenied
@@ -38,7 +39,6 @@ from billing.admin_services import (
     operator_budget_save,
     operator_limit_delete,
     operator_quota_save,
-    spend_percent,
     tenant_list_with_month_spend,
 )
 from billing.models import (
@@ -51,6 +51,7 @@ from billing.models import (
     Reservation,
     UsageRecord,
 )
+from billing.percentages import percent_of
 from billing.pricing import price_in_force_annotate
 from billing.reconciliation import provider_reconciliation
 from billing.services import budget_state
@@ -64,11 +65,10 @@ QUOTA_FIELDS = [
     "requests_per_minute", "tokens_per_minute", "tokens_per_day", "max_concurrent",
     "model", "end_user", "per_end_user",
 ]  # fmt: skip
-USD = "USD"
 
 
 def money(amount: Decimal | None) -> str:
-    """A USD amount without the ten storage decimals: 12.5 -> "12.50", 0.0000042 kept."""
+    """An amount without the ten storage decimals: 12.5 -> "12.50", 0.0000042 kept."""
     if amount is None:
         return "—"
     normalized = amount.normalize()
@@ -173,7 +173,7 @@ def budget_spent_this_period(budget: Budget) -> str:
     if budget.per_end_user:
         return "per end user"
     state = budget_state(budget, time_zone=budget.tenant.time_zone)
-    text = f"{money(state.spent)} {USD}"
+    text = f"{money(state.spent)} {settings.MONEY_CURRENCY}"
     if state.reserved:
         text += f" + {money(state.reserved)} held"
     return text
@@ -272,7 +272,7 @@ TENANT_LIMIT_INLINES = [
 
 def spend_bar(*, spend: Decimal, limit: Decimal | None, soft_threshold: int | None) -> str:
     """A small bar with the percentage of the monthly budget spent (red once reached)."""
-    percent = spend_percent(spend=spend, limit=limit)
+    percent = percent_of(spend, limit)
     if percent is None:
         return format_html(
             '<span title="{}">no budget</span>', "No tenant-wide monthly hard budget"
@@ -292,7 +292,7 @@ def spend_bar(*, spend: Decimal, limit: Decimal | None, soft_threshold: int | No
         '<span class="spend-percent">{}%</span></span>',
         money(spend),
         money(limit),
-        USD,
+        settings.MONEY_CURRENCY,
         min(percent, Decimal(100)),
         colour,
         percent,
@@ -310,14 +310,18 @@ class TenantSpendColumnsMixin:
 
     @admin.display(description="spent this month (UTC)", ordering="month_spend")
     def month_spend_column(self, tenant: Any) -> str:
-        return f"{money(tenant.month_spend)} {USD}"
+        return f"{money(tenant.month_spend)} {settings.MONEY_CURRENCY}"
 
     # No budget sorts as the largest limit and as the lowest use, on every database.
     @admin.display(
         description="monthly hard budget", ordering=F("month_limit").asc(nulls_last=True)
     )
     def month_limit_column(self, tenant: Any) -> str:
-        return "—" if tenant.month_limit is None else f"{money(tenant.month_limit)} {USD}"
+        return (
+            "—"
+            if tenant.month_limit is None
+            else f"{money(tenant.month_limit)} {settings.MONEY_CURRENCY}"
+        )
 
     @admin.display(description="budget used", ordering=F("month_percent").asc(nulls_first=True))
     def month_used_column(self, tenant: Any) -> str:
@@ -425,7 +429,7 @@ class BudgetAdmin(admin.ModelAdmin):
 
     @admin.display(description="limit", ordering="limit_amount")
     def limit_column(self, budget: Budget) -> str:
-        return f"{money(budget.limit_amount)} {USD}"
+        return f"{money(budget.limit_amount)} {settings.MONEY_CURRENCY}"
 
     @admin.display(description="scope")
     def scope_column(self, limit: Budget | Quota) -> str:
@@ -493,7 +497,7 @@ class UsageRecordAdmin(ReadOnlyAdmin):
     # The ledger grows without bound; counting all of it on every page is not worth it.
     show_full_result_count = False
 
-    @admin.display(description="cost (USD)", ordering="cost")
+    @admin.display(description=f"cost ({settings.MONEY_CURRENCY})", ordering="cost")
     def cost_column(self, record: UsageRecord) -> str:
         return money(record.cost)
 
@@ -510,7 +514,7 @@ class ReservationAdmin(ReadOnlyAdmin):
     list_select_related = ["tenant", "model", "end_user"]
     show_full_result_count = False
 
-    @admin.display(description="held (USD)", ordering="amount")
+    @admin.display(description=f"held ({settings.MONEY_CURRENCY})", ordering="amount")
     def amount_column(self, reservation: Reservation) -> str:
         return money(reservation.amount)
 
@@ -550,7 +554,7 @@ class ProviderAttemptAdmin(ReadOnlyAdmin):
     list_select_related = ["tenant", "model"]
     show_full_result_count = False
 
-    @admin.display(description="cost (USD)", ordering="cost")
+    @admin.display(description=f"cost ({settings.MONEY_CURRENCY})", ordering="cost")
     def cost_column(self, attempt: ProviderAttempt) -> str:
         return money(attempt.cost)
 
@@ -623,11 +627,17 @@ class FoundationModelAdmin(admin.ModelAdmin):
         # lists active models only).
         return price_in_force_annotate(super().get_queryset(request))
 
-    @admin.display(description="input USD / 1M tokens", ordering="input_price_per_million")
+    @admin.display(
+        description=f"input {settings.MONEY_CURRENCY} / 1M tokens",
+        ordering="input_price_per_million",
+    )
     def input_price_column(self, model: Any) -> str:
         return _per_million(model.input_price_per_million)
 
-    @admin.display(description="output USD / 1M tokens", ordering="output_price_per_million")
+    @admin.display(
+        description=f"output {settings.MONEY_CURRENCY} / 1M tokens",
+        ordering="output_price_per_million",
+    )
     def output_price_column(self, model: Any) -> str:
         return _per_million(model.output_price_per_million)
 

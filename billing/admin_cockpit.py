@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
 from django.http import HttpRequest
 from django.utils import timezone
 
@@ -89,7 +90,7 @@ def model_colours() -> dict[str, str]:
 
 
 def _chart_value(amount: Decimal) -> str:
-    return f"{usd(amount)} USD"
+    return f"{usd(amount)} {settings.MONEY_CURRENCY}"
 
 
 def spend_charts(report: cockpit.SpendReport, access: CockpitAccess) -> dict[str, Any]:

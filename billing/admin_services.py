@@ -1,8 +1,10 @@
-"""Operator-side reads and writes of billing data, for the admin and management commands.
+"""Operator-side reads of billing data and the operator's rules for limits, for the admin and
+management commands.
 
 The admin and `set_budget` / `set_quota` stay thin: they validate input and call these.
-What a tenant may do through its API key lives in billing.limits; what only an operator may
-do (limits that the tenant cannot change, spend across tenants) lives here.
+What only an operator may do (limits that the tenant cannot change, one per scope, spend
+across tenants) lives here; the rows themselves are written by billing.limits, the one
+writer of budgets and quotas for tenants and operators alike.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from django.db.models import (
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from billing.limits import OperatorManagedError, limit_row_delete
+from billing.end_users import end_user_get_or_create
+from billing.limits import limit_delete, limit_insert, limit_update
 from billing.models import Budget, BudgetPeriod, ManagedBy, Quota, UsageRecord
 from billing.periods import period_bounds
 from config.errors import ApplicationError, NotFoundError
@@ -51,9 +54,6 @@ QUOTA_EDITABLE_FIELDS = frozenset(
         "tokens_per_day", "max_concurrent",
     }
 )  # fmt: skip
-# A budget's spend counter counts one period of one scope; once either changes it counts
-# the wrong rows, so it is dropped and recounted from the ledger at the next locked read.
-BUDGET_COUNTER_SCOPE_FIELDS = frozenset({"period", "end_user", "model", "per_end_user"})
 
 
 def _money_output() -> DecimalField:
@@ -129,68 +129,36 @@ def tenant_list_with_month_spend(
     )
 
 
-def spend_percent(*, spend: Decimal, limit: Decimal | None) -> Decimal | None:
-    """Spend as a percentage of limit, to one decimal place; None without a positive limit."""
-    if limit is None or limit <= 0:
-        return None
-    return (spend * 100 / limit).quantize(Decimal("0.1"))
+# --- Budgets and quotas the operator sets -------------------------------------------------
 
 
-# --- Writes: budgets and quotas the operator sets -------------------------------------------
-
-
-def _refuse_tenant_managed(limit: Budget | Quota) -> None:
-    if limit.managed_by != ManagedBy.OPERATOR:
-        raise OperatorManagedError(
-            "This limit was set by the tenant through its API; the operator can see it but "
-            "changes it only through the tenant.",
-        )
+def _operator_changes(
+    limit: Budget | Quota, editable: frozenset[str], changed_fields: Iterable[str]
+) -> dict[str, Any]:
+    """The fields an operator may edit that the form or command changed, as they now are."""
+    return {name: getattr(limit, name) for name in editable.intersection(changed_fields)}
 
 
 def operator_budget_save(*, budget: Budget, changed_fields: Iterable[str] | None = None) -> Budget:
-    """Create a budget as the operator's, or write the fields an operator changed.
-
-    Only the changed fields are written: a full save() would also write back the spend
-    counter as it was read when the form was opened, undoing any settlement in between.
-    """
+    """Create a budget as the operator's, or write the fields an operator changed."""
     if budget._state.adding:
-        budget.managed_by = ManagedBy.OPERATOR
         budget.full_clean()
-        budget.save()
-        return budget
-    _refuse_tenant_managed(budget)
-    fields = BUDGET_EDITABLE_FIELDS.intersection(changed_fields or ())
-    if not fields:
-        return budget
-    with transaction.atomic():
-        # The same row lock settlement and reservations take, so a limit never changes
-        # halfway through a check against it.
-        Budget.objects.select_for_update().filter(pk=budget.pk).exists()
-        update_fields = {*fields, "updated_at"}
-        if fields & BUDGET_COUNTER_SCOPE_FIELDS:
-            budget.period_start, budget.spent_amount = None, ZERO
-            update_fields |= {"period_start", "spent_amount"}
-        budget.save(update_fields=sorted(update_fields))
-    return budget
+        return limit_insert(limit=budget, managed_by=ManagedBy.OPERATOR)
+    fields = _operator_changes(budget, BUDGET_EDITABLE_FIELDS, changed_fields or ())
+    return limit_update(limit=budget, managed_by=ManagedBy.OPERATOR, fields=fields)
 
 
 def operator_quota_save(*, quota: Quota, changed_fields: Iterable[str] | None = None) -> Quota:
     """Create a quota as the operator's, or write the fields an operator changed."""
     if quota._state.adding:
-        quota.managed_by = ManagedBy.OPERATOR
         quota.full_clean()
-        quota.save()
-        return quota
-    _refuse_tenant_managed(quota)
-    fields = QUOTA_EDITABLE_FIELDS.intersection(changed_fields or ())
-    if fields:
-        quota.save(update_fields=sorted({*fields, "updated_at"}))
-    return quota
+        return limit_insert(limit=quota, managed_by=ManagedBy.OPERATOR)
+    fields = _operator_changes(quota, QUOTA_EDITABLE_FIELDS, changed_fields or ())
+    return limit_update(limit=quota, managed_by=ManagedBy.OPERATOR, fields=fields)
 
 
 def operator_limit_delete(*, limit: Budget | Quota) -> None:
-    _refuse_tenant_managed(limit)
-    limit_row_delete(limit)
+    limit_delete(limit=limit, managed_by=ManagedBy.OPERATOR)
 
 
 @dataclass(frozen=True)
@@ -240,10 +208,7 @@ def limit_scope_resolve(
         model = foundation_model_get_active(raw_model_id=model_id)
     end_user = None
     if end_user_external_id:
-        end_user_model = apps.get_model("conversations", "EndUser")
-        end_user, _ = end_user_model.objects.get_or_create(
-            tenant=tenant, external_id=end_user_external_id
-        )
+        end_user = end_user_get_or_create(tenant=tenant, external_id=end_user_external_id)
     return LimitScope(tenant=tenant, end_user=end_user, model=model, per_end_user=per_end_user)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Any
 
 from django.db.models import QuerySet
@@ -21,6 +20,7 @@ from billing.limits import (
     quota_update,
 )
 from billing.models import Budget, ManagedBy, Quota
+from billing.percentages import API_PLACES, percent_of
 from billing.periods import period_bounds
 from billing.selectors import (
     alert_list,
@@ -55,10 +55,14 @@ def budget_view(budget: Budget, time_zone: str) -> dict[str, Any]:
     data.update(period_start=start, period_end=end)
     if not budget.per_end_user:
         state = budget_state(budget, time_zone=time_zone)
-        used = state.spent + state.reserved
-        data.update(spent=state.spent, reserved=state.reserved, remaining=state.remaining)
-        if budget.limit_amount > 0:
-            data["percent_used"] = (used * 100 / budget.limit_amount).quantize(Decimal("0.01"))
+        data.update(
+            spent=state.spent,
+            reserved=state.reserved,
+            remaining=state.remaining,
+            percent_used=percent_of(
+                state.spent + state.reserved, budget.limit_amount, places=API_PLACES
+            ),
+        )
     for key, value in data.items():
         setattr(budget, key, value)
     return BudgetOutputSerializer(budget).data

@@ -47,6 +47,7 @@ from billing.models import (
     ReservationStatus,
     UsageRecord,
 )
+from billing.percentages import percent_of
 from billing.periods import period_bounds
 from billing.services import _usage_filter  # which ledger rows a budget counts: one rule
 
@@ -61,12 +62,6 @@ ANSWER_STATUSES = ("completed", "failed", "cancelled", "expired")
 
 def utc_today(now: datetime | None = None) -> date:
     return (now or timezone.now()).astimezone(UTC).date()
-
-
-def _percent(part: Decimal, whole: Decimal) -> Decimal | None:
-    if whole <= 0:
-        return None
-    return (part * 100 / whole).quantize(Decimal("0.1"))
 
 
 # --- Spend -----------------------------------------------------------------------------
@@ -120,7 +115,7 @@ class SpendReport:
     @property
     def margin_percent(self) -> Decimal | None:
         """Margin as a share of charges."""
-        return _percent(self.margin, self.charged)
+        return percent_of(self.margin, self.charged)
 
     @property
     def model_ids(self) -> list[str]:
@@ -317,7 +312,7 @@ class BudgetUse:
     @property
     def percent_used(self) -> Decimal | None:
         """Spent and held by answers in progress, as the API's budgets report it."""
-        return _percent(self.used, self.limit)
+        return percent_of(self.used, self.limit)
 
     @property
     def soft_threshold_crossed(self) -> bool:

@@ -35,7 +35,7 @@ class ModelPrice(models.Model):
     )
     input_price_per_million = money_field(validators=[MinValueValidator(0)])
     output_price_per_million = money_field(validators=[MinValueValidator(0)])
-    currency = models.CharField(max_length=3, default="USD", editable=False)
+    currency = models.CharField(max_length=3, default=settings.MONEY_CURRENCY, editable=False)
     effective_from = models.DateTimeField()
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -108,7 +108,7 @@ class Budget(models.Model):
 
     def __str__(self) -> str:
         scope = self.name or self.get_period_display()
-        return f"{self.tenant} · {scope} · {self.limit_amount} USD"
+        return f"{self.tenant} · {scope} · {self.limit_amount} {settings.MONEY_CURRENCY}"
 
 
 class Quota(models.Model):
@@ -217,7 +217,7 @@ class Reservation(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.amount} USD for {self.message_id} ({self.status})"
+        return f"{self.amount} {settings.MONEY_CURRENCY} for {self.message_id} ({self.status})"
 
 
 class UsageRecord(models.Model):
@@ -238,7 +238,7 @@ class UsageRecord(models.Model):
     input_price_per_million = money_field()
     output_price_per_million = money_field()
     cost = money_field()
-    currency = models.CharField(max_length=3, default="USD")
+    currency = models.CharField(max_length=3, default=settings.MONEY_CURRENCY)
     outcome = models.CharField(max_length=16, help_text="completed or cancelled")
     created_at = models.DateTimeField(db_index=True)
 
@@ -250,7 +250,7 @@ class UsageRecord(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.cost} USD · {self.message_id}"
+        return f"{self.cost} {settings.MONEY_CURRENCY} · {self.message_id}"
 
 
 class AlertKind(models.TextChoices):
@@ -342,7 +342,7 @@ class ProviderAttempt(models.Model):
     input_price_per_million = money_field()
     output_price_per_million = money_field()
     cost = money_field()
-    currency = models.CharField(max_length=3, default="USD")
+    currency = models.CharField(max_length=3, default=settings.MONEY_CURRENCY)
     created_at = models.DateTimeField(db_index=True)
 
     class Meta:
@@ -357,7 +357,7 @@ class ProviderAttempt(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.cost} USD · {self.message_id} attempt {self.attempt}"
+        return f"{self.cost} {settings.MONEY_CURRENCY} · {self.message_id} attempt {self.attempt}"
 
 
 # --- Daily rollups of the two ledgers (billing.rollups keeps them) -----------------------
@@ -390,7 +390,8 @@ class DailyCharge(models.Model):
         indexes = [models.Index(fields=["tenant", "day"], name="daily_charge_tenant")]
 
     def __str__(self) -> str:
-        return f"{self.day} · {self.tenant_id} · {self.model_id}: {self.cost} USD"
+        amount = f"{self.cost} {settings.MONEY_CURRENCY}"
+        return f"{self.day} · {self.tenant_id} · {self.model_id}: {amount}"
 
 
 class DailyEndUserCharge(models.Model):
@@ -416,7 +417,7 @@ class DailyEndUserCharge(models.Model):
         indexes = [models.Index(fields=["tenant", "day"], name="daily_end_user_charge_tenant")]
 
     def __str__(self) -> str:
-        return f"{self.day} · {self.end_user_id}: {self.cost} USD"
+        return f"{self.day} · {self.end_user_id}: {self.cost} {settings.MONEY_CURRENCY}"
 
 
 class DailyProviderCost(models.Model):
@@ -447,4 +448,5 @@ class DailyProviderCost(models.Model):
         indexes = [models.Index(fields=["tenant", "day"], name="daily_provider_tenant")]
 
     def __str__(self) -> str:
-        return f"{self.day} · {self.tenant_id} · {self.model_id}: {self.cost} USD"
+        amount = f"{self.cost} {settings.MONEY_CURRENCY}"
+        return f"{self.day} · {self.tenant_id} · {self.model_id}: {amount}"

@@ -122,7 +122,7 @@ class UsageGroupSerializer(UsageAmountsSerializer):
 class UsageOutputSerializer(serializers.Serializer):
     start = serializers.DateTimeField()
     end = serializers.DateTimeField()
-    currency = serializers.CharField(default="USD")
+    currency = serializers.CharField(default=settings.MONEY_CURRENCY)
     totals = UsageAmountsSerializer()
     group_by = serializers.CharField(required=False)
     groups = UsageGroupSerializer(many=True, required=False)

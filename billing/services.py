@@ -16,6 +16,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Count, Q, QuerySet, Sum
 from django.utils import timezone
@@ -153,10 +154,12 @@ def budget_state(
 def _refuse_over_budget(state: BudgetState, amount: Decimal) -> None:
     budget = state.budget
     period_end = state.period_end.isoformat() if state.period_end else None
+    currency = settings.MONEY_CURRENCY
     raise BudgetExceededError(
-        f"This call could cost up to {amount} USD, which would cross the hard budget "
-        f"'{budget.name or budget.get_period_display()}' of {budget.limit_amount} USD: "
-        f"{state.spent} USD spent and {state.reserved} USD held by answers in progress this "
+        f"This call could cost up to {amount} {currency}, which would cross the hard budget "
+        f"'{budget.name or budget.get_period_display()}' of {budget.limit_amount} {currency}: "
+        f"{state.spent} {currency} spent and {state.reserved} {currency} held by answers in "
+        "progress this "
         + (f"period, which ends {period_end}." if period_end else "budget's lifetime."),
         details={
             "budget_id": str(budget.pk),

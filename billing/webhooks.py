@@ -47,6 +47,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from billing.models import Alert
+from config.backoff import Jitter, backoff_delay_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -245,11 +246,12 @@ def alert_webhook_deliver(*, alert_id: uuid.UUID) -> DeliveryResult:
 
 
 def retry_delay_seconds(retries_so_far: int, random_fraction: float) -> float:
-    """Exponential backoff with "equal" jitter: uniform in [ceiling / 2, ceiling].
-
-    Not full jitter (as for Bedrock): a delay near zero would spend an attempt on a
-    receiver that has had no time to recover.
-    """
-    doublings = min(retries_so_far, 20)  # past the cap anyway; keeps 2**n a small number
-    ceiling = min(RETRY_BACKOFF_MAX_SECONDS, RETRY_BACKOFF_SECONDS * (2**doublings))
-    return ceiling / 2 + ceiling / 2 * random_fraction
+    """Equal jitter, not full jitter (as for Bedrock): a delay near zero would spend an
+    attempt on a receiver that has had no time to recover."""
+    return backoff_delay_seconds(
+        retries_so_far=retries_so_far,
+        base_seconds=RETRY_BACKOFF_SECONDS,
+        max_seconds=RETRY_BACKOFF_MAX_SECONDS,
+        jitter=Jitter.EQUAL,
+        random_fraction=random_fraction,
+    )

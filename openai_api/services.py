@@ -20,6 +20,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from billing import rate_limits
+from billing.end_users import end_user_get_or_create
 from billing.services import CallScope, FrozenCall, quota_precheck, reservation_create
 from config.errors import ApplicationError, NotFoundError
 from conversations.models import (
@@ -31,7 +32,7 @@ from conversations.models import (
     Tenant,
 )
 from conversations.selectors import conversation_list
-from conversations.services.conversations import end_user_get_or_create, user_message_create
+from conversations.services.conversations import user_message_create
 from conversations.services.dispatch import (
     generation_enqueue_on_commit,
     generation_queued_or_fail,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from django import template
+from django.conf import settings
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
@@ -21,9 +22,10 @@ def usd_amount(amount: Decimal | None) -> SafeString:
         return format_html('<span class="usd">—</span>')
     negative = " negative" if amount < 0 else ""
     return format_html(
-        '<span class="usd{}" title="{} USD" data-exact="{}">{}</span>',
+        '<span class="usd{}" title="{} {}" data-exact="{}">{}</span>',
         negative,
         money(amount),
+        settings.MONEY_CURRENCY,
         money(amount),
         usd(amount),
     )

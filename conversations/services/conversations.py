@@ -11,6 +11,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from billing import rate_limits
+from billing.end_users import end_user_get_or_create
 from billing.services import (
     CallScope,
     FrozenCall,
@@ -22,7 +23,6 @@ from config.errors import ApplicationError, NotFoundError
 from conversations.context import BuiltContext, context_build, message_token_count
 from conversations.models import (
     Conversation,
-    EndUser,
     Message,
     MessageRole,
     MessageStatus,
@@ -106,11 +106,6 @@ def _require_end_user(tenant: Tenant, end_user_present: bool) -> None:
             "This tenant requires an end user on every conversation (its budgets and quotas "
             "are per end user); send `end_user`."
         )
-
-
-def end_user_get_or_create(*, tenant: Tenant, external_id: str) -> EndUser:
-    end_user, _ = EndUser.objects.get_or_create(tenant=tenant, external_id=external_id)
-    return end_user
 
 
 def conversation_create(

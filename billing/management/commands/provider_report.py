@@ -13,6 +13,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from django.apps import apps
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
@@ -42,7 +43,10 @@ def _line(row: ReconciliationRow, day: str) -> str:
 
 
 class Command(BaseCommand):
-    help = "Provider cost (Bedrock) against tenant charges per tenant, model and day (USD)."
+    help = (
+        "Provider cost (Bedrock) against tenant charges per tenant, model and day "
+        f"({settings.MONEY_CURRENCY})."
+    )
 
     def add_arguments(self, parser: ArgumentParser) -> None:
         parser.add_argument("--start", help="first UTC day, YYYY-MM-DD (default: the 1st)")
@@ -70,7 +74,10 @@ class Command(BaseCommand):
             end=datetime.combine(last + timedelta(days=1), time.min, tzinfo=UTC),
             tenant_id=tenant_id,
         )
-        self.stdout.write(f"Provider cost against tenant charges, {first} to {last} (UTC), USD")
+        self.stdout.write(
+            f"Provider cost against tenant charges, {first} to {last} (UTC), "
+            f"{settings.MONEY_CURRENCY}"
+        )
         self.stdout.write(HEADER)
         for row in report.rows:
             self.stdout.write(_line(row, row.day.isoformat()))

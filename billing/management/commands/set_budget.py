@@ -19,13 +19,15 @@ from billing.models import BudgetPeriod
 
 
 def parse_limit(text: str) -> Decimal:
-    """A USD amount that fits the money columns, or a CommandError that says why not."""
+    """An amount of money that fits the money columns, or a CommandError that says why not."""
     try:
         amount = Decimal(text.strip())
     except InvalidOperation:
         raise CommandError(f"--limit {text!r} is not a number; write it like 100.00.") from None
     if not amount.is_finite():
-        raise CommandError(f"--limit {text!r} must be a finite amount in USD.")
+        raise CommandError(
+            f"--limit {text!r} must be a finite amount in {settings.MONEY_CURRENCY}."
+        )
     if amount < 0:
         raise CommandError(f"--limit {text!r} must not be negative.")
     places = max(0, -amount.as_tuple().exponent)
@@ -36,7 +38,9 @@ def parse_limit(text: str) -> Decimal:
         )
     whole_digits = settings.MONEY_MAX_DIGITS - settings.MONEY_DECIMAL_PLACES
     if amount >= Decimal(10) ** whole_digits:
-        raise CommandError(f"--limit {text!r} is too large (under 10^{whole_digits} USD).")
+        raise CommandError(
+            f"--limit {text!r} is too large (under 10^{whole_digits} {settings.MONEY_CURRENCY})."
+        )
     return amount
 
 
@@ -64,7 +68,10 @@ class Command(BaseCommand):
             "--period", required=True, choices=list(BudgetPeriod.values), help="Budget period."
         )
         parser.add_argument(
-            "--limit", required=True, metavar="USD", help="The limit in USD, e.g. 100.00."
+            "--limit",
+            required=True,
+            metavar=settings.MONEY_CURRENCY,
+            help=f"The limit in {settings.MONEY_CURRENCY}, e.g. 100.00.",
         )
         hardness = parser.add_mutually_exclusive_group()
         hardness.add_argument(
@@ -105,7 +112,8 @@ class Command(BaseCommand):
         budget = result.limit
         self.stdout.write(
             f"{'Created' if result.created else 'Updated'} budget {budget.pk} for tenant "
-            f"{scope.tenant.slug}: {budget.limit_amount.normalize():f} USD per "
+            f"{scope.tenant.slug}: {budget.limit_amount.normalize():f} "
+            f"{settings.MONEY_CURRENCY} per "
             f"{budget.period}, {'hard' if budget.is_hard else 'soft'}, alert at "
             f"{budget.soft_threshold_percent}%, {scope.describe()}."
         )
