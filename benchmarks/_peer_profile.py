@@ -96,7 +96,7 @@ SPOTS: list[tuple[str, str, str | None]] = [
     ("the boto3 stream (signing, parsing)", "stream (models_catalog/bedrock/client", "worker"),
     ("publish to the answer stream", "publish (conversations/answer_stream.py", "worker"),
     ("store, provider ledger, settle (_finish)", "_finish (conversations/services/gen", "worker"),
-    ("lease keeper thread (one per answer)", "_LeaseKeeper", "worker"),
+    ("lease renewal (one thread per process)", "_LeaseRenewer", "worker"),
     ("outside our task: Celery consumer, kombu, ack", "!generate_answer (", "worker"),
     ("logging", "logging/__init__.py", None),
 ]

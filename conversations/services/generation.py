@@ -12,6 +12,8 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -30,6 +32,7 @@ from billing.services import (
     reservation_release,
     reservation_settle,
 )
+from config.backoff import Jitter, backoff_delay_seconds
 from config.errors import NotFoundError
 from conversations import answer_stream
 from conversations.context import message_token_count
@@ -102,9 +105,10 @@ def _claim(message_id: uuid.UUID) -> _Claim | Outcome:
             "lease_expires_at": _lease_until(),
             "updated_at": now,
         }
-        if settings.GENERATION_TENANT_MAX_RUNNING > 0:
+        if settings.GENERATION_TENANT_MAX_RUNNING > 0 and connection.features.has_select_for_update:
             # The tenant's row lock makes "count, then claim" one step per tenant, so
-            # concurrent claims cannot all pass the cap together.
+            # concurrent claims cannot all pass the cap together. (SQLite has no row locks:
+            # its IMMEDIATE transaction already holds the one write lock.)
             Tenant.objects.select_for_update().filter(pk=message.tenant_id).exists()
         if _tenant_has_its_share_running(message.tenant_id, message_id):
             return Outcome.DEFERRED
@@ -120,39 +124,67 @@ def _claim(message_id: uuid.UUID) -> _Claim | Outcome:
     return _Claim(message=message, attempt=message.attempt_count)
 
 
-class _LeaseKeeper:
-    """Renews the claim's lease from a thread of its own while the attempt runs, so a slow
-    first token or a long answer never looks like a dead worker. `lost` turns true when the
-    renewal finds the answer no longer this attempt's (the sweeper took it back)."""
+@dataclass(eq=False)  # held in a set by identity
+class _Lease:
+    message_id: uuid.UUID
+    attempt: int
+    lost: bool = False
+    """Turns true when a renewal finds the answer no longer this attempt's (the sweeper
+    took it back)."""
 
-    def __init__(self, message_id: uuid.UUID, attempt: int) -> None:
-        self.message_id = message_id
-        self.attempt = attempt
-        self.lost = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"lease-{message_id}", daemon=True)
 
-    def __enter__(self) -> _LeaseKeeper:
-        self._thread.start()
-        return self
+class _LeaseRenewer:
+    """Renews the leases of every attempt this process runs, from one thread of its own, so
+    a slow first token or a long answer never looks like a dead worker. One thread for the
+    process rather than one per answer: starting and joining a thread per answer cost the
+    worker about a millisecond of CPU each (benchmarks/peer_compare.py --profile)."""
 
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        self._thread.join()
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._leases: set[_Lease] = set()
+        self._thread: threading.Thread | None = None
+
+    @contextmanager
+    def holding(self, message_id: uuid.UUID, attempt: int) -> Iterator[_Lease]:
+        lease = _Lease(message_id, attempt)
+        with self._lock:
+            self._leases.add(lease)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="lease-renewer", daemon=True)
+                self._thread.start()
+        try:
+            yield lease
+        finally:
+            with self._lock:
+                self._leases.discard(lease)
 
     def _run(self) -> None:
-        try:
-            while not self._stop.wait(settings.GENERATION_LEASE_RENEW_SECONDS):
-                renewed = Message.objects.filter(
-                    pk=self.message_id, status=MessageStatus.RUNNING, attempt_count=self.attempt
-                ).update(lease_expires_at=_lease_until())
-                if not renewed:
-                    self.lost = True
+        while True:
+            time.sleep(settings.GENERATION_LEASE_RENEW_SECONDS)
+            with self._lock:
+                leases = list(self._leases)
+                if not leases:  # idle: the next lease held starts a thread again
+                    self._thread = None
                     return
-        except Exception as error:  # the database away: the lease lapses, the sweeper decides
-            logger.warning("Lease of %s not renewed: %s", self.message_id, error)
-        finally:
-            connections.close_all()  # this thread's own connections
+            try:
+                for lease in leases:
+                    self._renew(lease)
+            except Exception as error:  # the database away: leases lapse, the sweeper decides
+                logger.warning("Leases not renewed: %s", error)
+            finally:
+                connections.close_all()  # between rounds, hold no (pooled) connection
+
+    def _renew(self, lease: _Lease) -> None:
+        renewed = Message.objects.filter(
+            pk=lease.message_id, status=MessageStatus.RUNNING, attempt_count=lease.attempt
+        ).update(lease_expires_at=_lease_until())
+        if not renewed:
+            lease.lost = True
+            with self._lock:
+                self._leases.discard(lease)
+
+
+_lease_renewer = _LeaseRenewer()
 
 
 def generation_retry_wait(*, message_id: uuid.UUID, seconds: float) -> None:
@@ -359,11 +391,11 @@ def generation_run(*, message_id: uuid.UUID) -> Outcome:
     claim = _claim(message_id)
     if isinstance(claim, Outcome):
         return claim
-    with _LeaseKeeper(claim.message.pk, claim.attempt) as lease:
+    with _lease_renewer.holding(claim.message.pk, claim.attempt) as lease:
         return _generate(claim, lease)
 
 
-def _generate(claim: _Claim, lease: _LeaseKeeper) -> Outcome:
+def _generate(claim: _Claim, lease: _Lease) -> Outcome:
     message = claim.message
     call = frozen_call_get(message_id=message.pk)
     if call is None:  # its reservation was closed (expired): nothing may be sent
@@ -508,12 +540,14 @@ def answer_wait(*, message: Message, timeout_seconds: float) -> Message:
 
 
 def retry_delay_seconds(retries_so_far: int, random_fraction: float) -> float:
-    """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**n)]."""
-    ceiling = min(
-        settings.GENERATION_RETRY_BACKOFF_MAX_SECONDS,
-        settings.GENERATION_RETRY_BACKOFF_SECONDS * (2**retries_so_far),
+    """Full jitter: throttled calls from many workers spread out instead of retrying together."""
+    return backoff_delay_seconds(
+        retries_so_far=retries_so_far,
+        base_seconds=settings.GENERATION_RETRY_BACKOFF_SECONDS,
+        max_seconds=settings.GENERATION_RETRY_BACKOFF_MAX_SECONDS,
+        jitter=Jitter.FULL,
+        random_fraction=random_fraction,
     )
-    return ceiling * random_fraction
 
 
 __all__ = [
