@@ -1,6 +1,8 @@
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 DJANGO_ENV=production
 WORKDIR /app
+# The production packages only, one by one: the development tools (devtools/), tests and
+# benchmarks stay out (.dockerignore too; tests/test_production_package.py).
 COPY pyproject.toml ./
 COPY config ./config
 COPY conversations ./conversations

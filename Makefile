@@ -13,7 +13,7 @@ $(INSTALLED): pyproject.toml
 install: $(INSTALLED)
 
 run: $(INSTALLED)
-	$(VENV)/bin/python -m config.stack
+	$(VENV)/bin/python -m devtools.stack
 
 test: $(INSTALLED)
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)

@@ -1,8 +1,8 @@
 """The processes benchmarks/peer_compare.py runs: the Bedrock stand-in, our stack, LiteLLM.
 
 Each is started as the people who run it would start it: the local Bedrock server with
-``python -m models_catalog.bedrock.local_server``, our stack with the run command
-(``python -m config.stack``, the process ``make run`` starts) on free ports and pointed at
+``python -m devtools.local_bedrock``, our stack with the run command
+(``python -m devtools.stack``, the process ``make run`` starts) on free ports and pointed at
 the shared stand-in, and the LiteLLM proxy with its own ``litellm`` command from a virtual
 environment of its own (``var/litellm-venv``). Every one runs in a session of its own (Ctrl-C
 reaches only the benchmark, which stops them in order) and is stopped, with whatever it
@@ -16,27 +16,23 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import requests
-
-from benchmarks.generation import (
-    _descendants,
-    _maintenance_url,
-    _stat_fields,
-    cpu_seconds,
-    database,
-    manage,
+from benchmarks.generation import _maintenance_url, cpu_seconds, database, manage
+from devtools.processes import (
+    ManagedProcess,
+    StartError,
+    descendants,
+    free_port,
+    start_process,
+    stat_fields,
 )
-from config.embedded import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WORK_DIRECTORY = REPO_ROOT / "var" / "peer_compare"
@@ -51,82 +47,6 @@ DEMO_TENANT = "demo"
 STARTUP_TIMEOUT_SECONDS = 240.0  # LiteLLM imports for 30-60 s on a busy 2-core machine
 STOP_TIMEOUT_SECONDS = 40.0  # the run command stops five children one after the other
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
-class StartError(RuntimeError):
-    pass
-
-
-# ---------------------------------------------------------------------------------------
-# Processes
-# ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class Process:
-    name: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def check_alive(self) -> None:
-        if self.process.poll() is not None:
-            raise StartError(
-                f"{self.name} exited with {self.process.returncode}:\n{self.log()[-3000:]}"
-            )
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            # The leader only: the run command then stops its children in order itself.
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=STOP_TIMEOUT_SECONDS)
-            except subprocess.TimeoutExpired:
-                print(f"{self.name} did not stop in time; killing it", file=sys.stderr)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
-
-
-def start_process(
-    name: str, command: list[str], environment: dict[str, str], log_path: Path
-) -> Process:
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            command,
-            cwd=REPO_ROOT,
-            env=environment,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    return Process(name, process, log_path)
-
-
-def wait_for(condition: Callable[[], bool], what: str, process: Process) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        process.check_alive()
-        if condition():
-            return
-        time.sleep(0.2)
-    raise StartError(f"timed out waiting for {what}:\n{process.log()[-3000:]}")
-
-
-def _answers_200(url: str, headers: dict[str, str] | None = None) -> bool:
-    try:
-        return requests.get(url, headers=headers, timeout=2).status_code == 200
-    except requests.RequestException:
-        return False
 
 
 def _clean_environment() -> dict[str, str]:
@@ -154,14 +74,15 @@ def start_stand_in(
     port = free_port()
     process = start_process(
         "Bedrock stand-in",
-        [sys.executable, "-m", "models_catalog.bedrock.local_server",
+        [sys.executable, "-m", "devtools.local_bedrock",
          "--port", str(port), "--answer-tokens", str(answer_tokens),
          "--seconds-per-token", str(seconds_per_token)],
         {**_clean_environment(), "PYTHONUNBUFFERED": "1"},
-        directory / "stand-in.log",
+        log_path=directory / "stand-in.log",
+        stop_timeout_seconds=STOP_TIMEOUT_SECONDS,
     )  # fmt: skip
     stack.callback(process.stop)
-    wait_for(lambda: "Local Bedrock server on " in process.log(), "the stand-in", process)
+    process.wait_for_log("Local Bedrock server on ", timeout_seconds=STARTUP_TIMEOUT_SECONDS)
     return f"http://127.0.0.1:{port}"
 
 
@@ -174,7 +95,7 @@ def start_stand_in(
 class OurStack:
     base_url: str
     api_key: str
-    process: Process
+    process: ManagedProcess
     environment: dict[str, str]
     description: str
     extra_probes: dict[str, Callable[[], float]] = field(default_factory=dict)
@@ -184,7 +105,7 @@ class OurStack:
     def roles(self) -> dict[str, list[int]]:
         """Role -> pids, from the run command's process tree as it is now."""
         found: dict[str, list[int]] = {"run command": [self.process.pid]}
-        for pid in _descendants(self.process.pid):
+        for pid in descendants(self.process.pid):
             found.setdefault(_role_of(pid), []).append(pid)
         return found
 
@@ -247,7 +168,7 @@ def start_our_stack(
     redis_url: str | None,
     django_debug: bool,
 ) -> tuple[OurStack, list[str]]:
-    """`python -m config.stack` on free ports, its Bedrock the shared stand-in; its log in
+    """`python -m devtools.stack` on free ports, its Bedrock the shared stand-in; its log in
     `directory`, its SQLite file, demo key and beat schedule in `scratch`."""
     port, redis_port = free_port(), free_port()
     environment = _clean_environment()
@@ -268,11 +189,16 @@ def start_our_stack(
         environment["DATABASE_URL"] = stack.enter_context(database(postgres_url, scratch))
     if redis_url is not None:
         environment["REDIS_URL"] = redis_url
+    # SIGTERM to the run command alone: it then stops its children in order itself.
     process = start_process(
-        "our stack", [sys.executable, "-m", "config.stack"], environment, directory / "stack.log"
+        "our stack",
+        [sys.executable, "-m", "devtools.stack"],
+        environment,
+        log_path=directory / "stack.log",
+        stop_timeout_seconds=STOP_TIMEOUT_SECONDS,
     )
     stack.callback(process.stop)
-    wait_for(lambda: "[stack] Ready at" in process.log(), "the run command", process)
+    process.wait_for_log("[stack] Ready at", timeout_seconds=STARTUP_TIMEOUT_SECONDS)
     api_key = (scratch / "demo_api_key").read_text().strip()
     management_environment = {
         **environment,
@@ -303,7 +229,7 @@ def shared_server_probes(
             import redis
 
             pid = int(redis.Redis.from_url(redis_url).info("server")["process_id"])
-            if _stat_fields(pid) is not None:
+            if stat_fields(pid) is not None:
                 probes["Redis (shared)"] = lambda: cpu_seconds(pid, with_descendants=False)
     database_url = environment["DATABASE_URL"]
     if database_url.startswith("postgres") and urlsplit(database_url).hostname in LOOPBACK:
@@ -330,7 +256,7 @@ class PostgresBackends:
             "SELECT pid FROM pg_stat_activity WHERE datname = %s", (self.name,)
         ).fetchall()
         for (pid,) in rows:
-            if _stat_fields(pid) is not None:
+            if stat_fields(pid) is not None:
                 self.seen[pid] = cpu_seconds(pid, with_descendants=False)
         return sum(self.seen.values())
 
@@ -364,11 +290,11 @@ def litellm_version(venv: Path) -> str:
 class LiteLLMProxy:
     base_url: str
     master_key: str
-    process: Process
+    process: ManagedProcess
     version: str
 
     def pids(self) -> list[int]:
-        return [self.process.pid, *_descendants(self.process.pid)]
+        return [self.process.pid, *descendants(self.process.pid)]
 
 
 def _write_litellm_config(directory: Path, bedrock_url: str, master_key: str) -> Path:
@@ -416,11 +342,12 @@ def start_litellm(
         [str(executable), "--config", str(config), "--host", "127.0.0.1",
          "--port", str(port), "--num_workers", "1"],
         environment,
-        directory / "litellm.log",
+        log_path=directory / "litellm.log",
+        stop_timeout_seconds=STOP_TIMEOUT_SECONDS,
     )  # fmt: skip
     stack.callback(process.stop)
     base_url = f"http://127.0.0.1:{port}"
-    wait_for(lambda: _answers_200(f"{base_url}/health/liveliness"), "the LiteLLM proxy", process)
+    process.wait_for_url(f"{base_url}/health/liveliness", timeout_seconds=STARTUP_TIMEOUT_SECONDS)
     return LiteLLMProxy(base_url, master_key, process, litellm_version(venv))
 
 

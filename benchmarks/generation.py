@@ -53,7 +53,6 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
 from types import FrameType
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
@@ -61,13 +60,20 @@ import requests
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from config.embedded import EmbeddedRedis, free_port  # noqa: E402
 from config.web_server import uvicorn_command  # noqa: E402
-from models_catalog.bedrock.local_server import (  # noqa: E402
+from devtools.embedded_redis import EmbeddedRedis  # noqa: E402
+from devtools.local_bedrock import (  # noqa: E402
     NATURAL_LENGTH_MAX,
     NATURAL_LENGTH_MIN,
     LocalBedrockServer,
     StreamStart,
+)
+from devtools.processes import (  # noqa: E402
+    ManagedProcess,
+    descendants,
+    free_port,
+    start_process,
+    stat_fields,
 )
 
 MODEL_ID = "meta.llama3-1-8b-instruct-v1:0"
@@ -247,33 +253,11 @@ class LocalBedrockProcess:
 PROC = Path("/proc")
 
 
-def _stat_fields(pid: int) -> list[str] | None:
-    try:
-        stat = (PROC / str(pid) / "stat").read_text()
-    except OSError:
-        return None
-    # After the parenthesised command name (which may hold spaces): state, ppid, ...
-    return stat.rsplit(")", 1)[1].split()
-
-
-def _descendants(pid: int) -> list[int]:
-    parents: dict[int, int] = {}
-    for entry in PROC.iterdir():
-        if entry.name.isdigit() and (fields := _stat_fields(int(entry.name))) is not None:
-            parents[int(entry.name)] = int(fields[1])
-    found, frontier = [], [pid]
-    while frontier:
-        children = [child for child, parent in parents.items() if parent in frontier]
-        found += children
-        frontier = children
-    return found
-
-
 def cpu_seconds(pid: int, *, with_descendants: bool) -> float:
     """User + system CPU of a process (and its live descendants, e.g. a worker's pool)."""
     ticks = 0
-    for member in [pid, *(_descendants(pid) if with_descendants else [])]:
-        fields = _stat_fields(member)
+    for member in [pid, *(descendants(pid) if with_descendants else [])]:
+        fields = stat_fields(member)
         if fields is not None:
             # utime and stime: fields 14 and 15 of proc(5), 12th and 13th after the ")".
             ticks += int(fields[11]) + int(fields[12])
@@ -299,47 +283,6 @@ def cpu_snapshot(components: Sequence[Component]) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------
 # Processes, database and Redis
 # ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class ManagedProcess:
-    name: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            # The main process only: a Celery worker then shuts down warm, letting its pool
-            # finish the task at hand (SIGTERM to the pool itself is a lost worker).
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=STOP_TIMEOUT_SECONDS)
-            except subprocess.TimeoutExpired:
-                print(f"{self.name} did not stop in time; killing it", file=sys.stderr)
-        # Then the whole group: no pool process may outlive its worker.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
-
-
-def start_process(
-    name: str, command: list[str], environment: dict[str, str], log_directory: Path
-) -> ManagedProcess:
-    log_path = log_directory / f"{name}.log"
-    with log_path.open("wb") as log_file:
-        # Own session: Ctrl-C reaches only this script, which stops children in order.
-        process = subprocess.Popen(
-            command,
-            cwd=REPO_ROOT,
-            env=environment,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    return ManagedProcess(name=name, process=process, log_path=log_path)
 
 
 def manage(environment: dict[str, str], *arguments: str) -> str:
@@ -409,18 +352,6 @@ def redis_server(url: str | None, directory: Path) -> Iterator[tuple[str, int | 
         yield embedded.url, embedded.process.pid
     finally:
         embedded.stop()
-
-
-def wait_until(condition: Any, what: str, processes: Sequence[ManagedProcess]) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        for managed in processes:
-            if managed.process.poll() is not None:
-                raise RuntimeError(f"{managed.name} exited:\n{managed.log()[-3000:]}")
-        if condition():
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"timed out waiting for {what}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -494,11 +425,11 @@ def start_backend(
              "--timeout-graceful-shutdown", "2"],
         ),
         environment,
-        directory,
+        log_path=directory / "web.log",
     )  # fmt: skip
     stack.callback(web.stop)
     base_url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: _is_ready(base_url), "the web server", [web])
+    web.wait_for_url(f"{base_url}/readyz", timeout_seconds=STARTUP_TIMEOUT_SECONDS)
     database_kind = "PostgreSQL" if _is_postgres(database_url) else "SQLite"
     description = (
         f"{database_kind} ({arguments.database_url or 'throwaway file'}), "
@@ -513,13 +444,6 @@ def start_backend(
     if redis_pid is not None:
         components.append(Component("Redis", redis_pid, with_descendants=False))
     return Backend(base_url, api_key, environment, bedrock, directory, web, description, components)
-
-
-def _is_ready(base_url: str) -> bool:
-    try:
-        return requests.get(f"{base_url}/readyz", timeout=2).status_code == 200
-    except requests.RequestException:
-        return False
 
 
 @contextlib.contextmanager
@@ -537,11 +461,13 @@ def celery_worker(
          f"--concurrency={concurrency}", f"--pool={pool}", "--without-gossip",
          "--without-mingle", f"--hostname=bench-{uuid.uuid4().hex[:8]}@%h"],
         backend.environment,
-        backend.log_directory,
+        # SIGTERM to the main process only: the worker then shuts down warm, letting its pool
+        # finish the task at hand (SIGTERM to the pool itself is a lost worker).
+        log_path=backend.log_directory / f"{name}.log",
     )  # fmt: skip
     backend.workers.append(worker)
     try:
-        wait_until(lambda: " ready." in worker.log(), "the Celery worker", [worker])
+        worker.wait_for_log(" ready.", timeout_seconds=STARTUP_TIMEOUT_SECONDS)
         yield worker
     finally:
         worker.stop()
@@ -706,8 +632,8 @@ def measure_worker(
     results = []
     with celery_worker(backend, concurrency) as worker:
         components = [*backend.components, Component("worker", worker.process.pid, True)]
-        # Each pool process loads the tokenizer and opens its connections on first use:
-        # warm all of them up before measuring.
+        # Each pool process opens its connections on first use (the tokenizers it inherits,
+        # loaded at worker start): warm all of them up before measuring.
         warmup = run_level(backend, clients=2 * concurrency, answers=4 * concurrency)
         results.append(
             LevelResult(

@@ -464,7 +464,8 @@ def main() -> None:
 @contextlib.contextmanager
 def _embedded_redis() -> Iterator[str]:
     """A redis-server of our own on a free port: a turn's quota check reads Redis's clock."""
-    from config.embedded import EmbeddedRedis, free_port
+    from devtools.embedded_redis import EmbeddedRedis
+    from devtools.processes import free_port
 
     with tempfile.TemporaryDirectory(prefix="bench-governance-") as directory:
         embedded = EmbeddedRedis(port=free_port(), directory=Path(directory))

@@ -97,10 +97,8 @@ from benchmarks.generation import (
     BedrockReport,
     Client,
     Component,
-    _descendants,
     _interrupt,
     _is_postgres,
-    _stat_fields,
     celery_worker,
     cpu_seconds,
     format_table,
@@ -109,7 +107,8 @@ from benchmarks.generation import (
     run_level,
     start_backend,
 )
-from models_catalog.bedrock.local_server import StreamStart
+from devtools.local_bedrock import StreamStart
+from devtools.processes import descendants, stat_fields
 
 PROBLEM_LINES_SHOWN = 10
 CEILING_WARMUP_REQUESTS = 5
@@ -241,7 +240,7 @@ def resident_megabytes(pid: int) -> tuple[float, int] | None:
     if not Path("/proc").is_dir():
         return None
     total_kilobytes, processes = 0, 0
-    for member in [pid, *_descendants(pid)]:
+    for member in [pid, *descendants(pid)]:
         try:
             status = (Path("/proc") / str(member) / "status").read_text()
         except OSError:
@@ -260,12 +259,12 @@ Probes = dict[str, Callable[[], float]]
 def _server_cpu_seconds(pid: int) -> float:
     """A server's CPU including its exited children (PostgreSQL forks a backend for each
     connection and reaps it: its time lands in the postmaster's cutime and cstime)."""
-    fields = _stat_fields(pid)
+    fields = stat_fields(pid)
     if fields is None:
         return 0.0
     # utime, stime, cutime, cstime: fields 14-17 of proc(5), 12th-15th after the ")".
     own = sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
-    return own + sum(cpu_seconds(child, with_descendants=False) for child in _descendants(pid))
+    return own + sum(cpu_seconds(child, with_descendants=False) for child in descendants(pid))
 
 
 def cpu_probes(components: Sequence[Component], environment: dict[str, str]) -> Probes:
@@ -293,7 +292,7 @@ def cpu_probes(components: Sequence[Component], environment: dict[str, str]) -> 
 
             with psycopg.connect(database_url) as connection:
                 row = connection.execute("SELECT pg_backend_pid()").fetchone()
-            backend_fields = _stat_fields(int(row[0])) if row else None
+            backend_fields = stat_fields(int(row[0])) if row else None
             postmaster = int(backend_fields[1]) if backend_fields else 0
             if "postgres" in _command_name(postmaster):
                 probes["PostgreSQL"] = functools.partial(_server_cpu_seconds, postmaster)
@@ -863,7 +862,7 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         if min(arguments.neighbour_users, arguments.flood_clients) < 1:
             parser.error("--neighbour-users and --flood-clients must be positive")
         if arguments.worker_concurrency is None:
-            # The run command's worker (config/stack.py): what fair sharing is meant for.
+            # The run command's worker (devtools/stack.py): what fair sharing is meant for.
             arguments.worker_concurrency = 16
     if arguments.worker_concurrency is None:
         arguments.worker_concurrency = (

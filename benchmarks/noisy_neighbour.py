@@ -95,7 +95,7 @@ from benchmarks.load import (
     measured,
     table,
 )
-from models_catalog.bedrock.local_server import StreamStart
+from devtools.local_bedrock import StreamStart
 
 # A sync POST waits up to GENERATION_SYNC_WAIT_SECONDS (60) for its answer: longer than that.
 FLOOD_HTTP_TIMEOUT_SECONDS = 90.0

@@ -1,11 +1,11 @@
 """Our per-answer overhead against the LiteLLM proxy's, in front of the same Bedrock stand-in.
 
 Three systems answer the same questions from one Bedrock stand-in (the local
-Bedrock-compatible server, ``python -m models_catalog.bedrock.local_server``: zero latency,
+Bedrock-compatible server, ``python -m devtools.local_bedrock``: zero latency,
 answers of ``--answer-tokens`` 100 tokens), and boto3 calling the stand-in directly gives
 the floor (what a client that added nothing would see):
 
-- ours (native): the run command (``python -m config.stack``, what ``make run`` starts: the
+- ours (native): the run command (``python -m devtools.stack``, what ``make run`` starts: the
   ASGI web server, one Celery worker with 16 threads, Celery beat, an embedded Redis, SQLite
   in a throwaway file) on free ports, its Bedrock the stand-in, with governance on: a hard
   monthly budget and a quota (rpm, tpm, tokens per day, concurrency) on the demo tenant, far
@@ -91,6 +91,7 @@ from benchmarks._peer_clients import (
     question,
 )
 from benchmarks.generation import _interrupt, format_table, percentile
+from devtools.processes import StartError
 
 MODEL_ID = processes.MODEL_ID
 LABELS = {
@@ -610,7 +611,7 @@ def print_report(
         f"Stand-in: local Bedrock server, {arguments.seconds_per_token:g} s per token (0: no "
         f"upstream delay), {arguments.answer_tokens}-token answers; "
         f"max tokens {arguments.max_tokens}; {MODEL_ID}.\n"
-        f"Ours: python -m config.stack ({systems.ours.description}; DEBUG "
+        f"Ours: python -m devtools.stack ({systems.ours.description}; DEBUG "
         f"{'on' if arguments.django_debug else 'off'}), governance on: "
         + " ".join(governance)
         + f"\nLiteLLM {systems.litellm.version}: litellm --num_workers 1, {processes.LITELLM_MODEL}"
@@ -700,7 +701,7 @@ def verify(caller: Caller) -> None:
     for system in (FLOOR, *SYSTEMS):
         for kind, outcome in (("sync", caller.sync(system)), ("stream", caller.stream(system))):
             if outcome.failure is not None:
-                raise processes.StartError(f"{LABELS[system]} {kind}: {outcome.failure}")
+                raise StartError(f"{LABELS[system]} {kind}: {outcome.failure}")
             print(
                 f"  {LABELS[system]} {kind}: {outcome.seconds * 1000:.0f} ms "
                 "(answer of the expected length)",
@@ -755,7 +756,7 @@ def run_profile(arguments: argparse.Namespace, argv: Sequence[str]) -> int:
         answers = arguments.profile_answers
         print(f"$ {shlex.join(['.venv/bin/python', 'benchmarks/peer_compare.py', *argv])}")
         print(
-            f"Ours: python -m config.stack ({ours.description}), governance on: "
+            f"Ours: python -m devtools.stack ({ours.description}), governance on: "
             + " ".join(governance)
             + f"\nOne client, {answers} sync answers of {arguments.answer_tokens} tokens one "
             f"after the other per surface, the stand-in at {arguments.seconds_per_token:g} s "
@@ -946,6 +947,6 @@ if __name__ == "__main__":
     except KeyboardInterrupt:
         print("Interrupted; every process this run started is stopped.", file=sys.stderr)
         sys.exit(130)
-    except processes.StartError as error:
+    except StartError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)

@@ -5,8 +5,8 @@ ASGI (asgiref copies the context into the threads it runs sync code in, and copi
 back), and a task through a worker. `config.logging.RequestContextFilter` reads it.
 
 The tenant is read lazily from the request: authentication sets `request.tenant` long after
-the middleware bound the request, and every line logged from then on carries it. Code that
-resolves a tenant some other way (a worker task, say) may call `bind_tenant`.
+the middleware bound the request, and every line logged from then on carries it. A task's
+lines carry its id and name, not a tenant.
 """
 
 from __future__ import annotations
@@ -38,13 +38,11 @@ access_logger = logging.getLogger("access")
 class LogContext:
     request: HttpRequest | None = None
     request_id: str | None = None
-    tenant: Any = None  # a conversations.Tenant; typed loosely so config imports no app
     task_id: str | None = None
     task_name: str | None = None
 
     def current_tenant(self) -> Any:
-        if self.tenant is not None:
-            return self.tenant
+        """A conversations.Tenant, typed loosely so config imports no app."""
         return getattr(self.request, "tenant", None)
 
 
@@ -92,11 +90,6 @@ def request_log_fields(request: object) -> dict[str, Any]:
     if tenant is not None:
         fields |= _tenant_fields(tenant)
     return fields
-
-
-def bind_tenant(tenant: Any) -> None:
-    """Put this tenant on every line logged from here to the end of the request or task."""
-    _context.set(dataclasses.replace(_context.get(), tenant=tenant))
 
 
 @contextmanager

@@ -1,6 +1,6 @@
 """The ASGI web server's command line, built in one place.
 
-The run command (config/stack.py), the Dockerfile, docker-compose.yml, the benchmarks and
+The run command (devtools/stack.py), the Dockerfile, docker-compose.yml, the benchmarks and
 the tests all start uvicorn through `uvicorn_command` (or `python -m config.web_server`,
 which execs it), so they agree on who may name the client's address.
 

@@ -1,9 +1,10 @@
 from django.apps import AppConfig
 
 
-def _load_tokenizers_before_forking(**kwargs: object) -> None:
-    """Load the tokenizers once in the worker's parent, so every pool process inherits
-    them instead of spending a second and a half (Llama 3) on its first answer."""
+def _load_tokenizers_at_worker_start(**kwargs: object) -> None:
+    """Load the tokenizers once when the worker starts, before it takes a task, so no answer
+    spends a second and a half (Llama 3) loading them: the threads pool (the run command's
+    and docker-compose.yml's) shares them; a prefork pool's processes inherit them."""
     from models_catalog.tokenizer import llama2_processor, llama3_encoding
 
     llama3_encoding()
@@ -21,5 +22,5 @@ class ModelsCatalogConfig(AppConfig):
         # Connected here, not in config.celery, so config imports no app. A worker sets
         # Django up (Celery's Django fixup, on import_modules) before it sends worker_init.
         worker_init.connect(
-            _load_tokenizers_before_forking, weak=False, dispatch_uid="models_catalog.tokenizers"
+            _load_tokenizers_at_worker_start, weak=False, dispatch_uid="models_catalog.tokenizers"
         )

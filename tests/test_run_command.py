@@ -8,14 +8,13 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import requests
 
-from config.embedded import free_port
+from devtools.processes import free_port, start_process
 from tests.plugins.embedded_services import (
     EMBEDDED_FOR_TESTS_VARIABLE,
     LOCAL_BEDROCK_FOR_TESTS_VARIABLE,
@@ -83,53 +82,43 @@ def stack_environment(tmp_path: Path, *, own_services: bool = False) -> dict[str
 
 
 class RunningStack:
-    """`python -m config.stack` in the background, its output collected line by line."""
+    """`python -m devtools.stack` in the background, its output in a log file."""
 
-    def __init__(self, environment: dict[str, str]) -> None:
+    def __init__(self, environment: dict[str, str], log_path: Path) -> None:
         self.environment = environment
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "config.stack"],
-            cwd=REPO_ROOT,
-            env=environment,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
+        # with_parent: a test run that dies takes the stack (and so its children) with it.
+        self.stack = start_process(
+            "run command",
+            [sys.executable, "-m", "devtools.stack"],
+            environment,
+            log_path=log_path,
+            with_parent=True,
+            stop_timeout_seconds=60,
         )
-        self.lines: list[str] = []
-        self.condition = threading.Condition()
-        threading.Thread(target=self._collect, daemon=True).start()
+        self.process = self.stack.process
 
-    def _collect(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            with self.condition:
-                self.lines.append(line.rstrip("\n"))
-                self.condition.notify_all()
-        with self.condition:
-            self.condition.notify_all()
+    @property
+    def lines(self) -> list[str]:
+        return self.stack.log().splitlines()
 
     @property
     def output(self) -> str:
-        with self.condition:
-            return "\n".join(self.lines)
+        return "\n".join(self.lines)
 
     def output_without_access_lines(self) -> str:
-        with self.condition:
-            return "\n".join(line for line in self.lines if '"logger": "access"' not in line)
+        return "\n".join(line for line in self.lines if '"logger": "access"' not in line)
 
     def wait_for_line(self, pattern: str, *, timeout: float, start: int = 0) -> re.Match[str]:
         """The first line from index `start` on that matches `pattern` (a regex)."""
         compiled = re.compile(pattern)
         deadline = time.monotonic() + timeout
-        with self.condition:
-            while True:
-                for line in self.lines[start:]:
-                    if match := compiled.search(line):
-                        return match
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self.process.poll() is not None:
-                    break
-                self.condition.wait(timeout=min(remaining, 0.5))
+        while True:
+            for line in self.lines[start:]:
+                if match := compiled.search(line):
+                    return match
+            if time.monotonic() >= deadline or self.stack.has_exited():
+                break
+            time.sleep(0.05)
         pytest.fail(f"no line matching {pattern!r} in {timeout} s:\n{self.output}")
 
     def wait_until_ready(self) -> None:
@@ -174,9 +163,8 @@ class RunningStack:
         return self.process.wait(timeout=60)
 
     def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+        """After a failure: stop it, and whatever is left in its process group."""
+        self.stack.stop()
 
 
 def wait_until_ready(base_url: str) -> None:
@@ -232,7 +220,7 @@ def test_run_command_serves_the_api_and_stops_everything(
     tmp_path: Path, stop_signal: signal.Signals
 ) -> None:
     environment = stack_environment(tmp_path)
-    stack = RunningStack(environment)
+    stack = RunningStack(environment, tmp_path / "stack.log")
     try:
         stack.wait_until_ready()
         lines, output = list(stack.lines), stack.output
@@ -284,7 +272,7 @@ def test_a_worker_killed_with_sigkill_is_replaced_and_leaves_no_beat_behind(
 ) -> None:
     environment = stack_environment(tmp_path)
     schedule_file = tmp_path / "celerybeat-schedule"
-    stack = RunningStack(environment)
+    stack = RunningStack(environment, tmp_path / "stack.log")
     try:
         stack.wait_until_ready()
         beat_pid = stack.pid_of("celery beat")
@@ -308,7 +296,7 @@ def test_a_worker_killed_with_sigkill_is_replaced_and_leaves_no_beat_behind(
 
 
 def test_every_other_child_killed_comes_back_and_the_api_answers_again(tmp_path: Path) -> None:
-    stack = RunningStack(stack_environment(tmp_path, own_services=True))
+    stack = RunningStack(stack_environment(tmp_path, own_services=True), tmp_path / "stack.log")
     try:
         stack.wait_until_ready()
         for name in ("web server", "local Bedrock server", "embedded Redis", "celery beat"):

@@ -1,6 +1,7 @@
-"""Talking to AWS Bedrock Runtime: the client, its errors, and a local stand-in for tests.
+"""Talking to AWS Bedrock Runtime: the client and its errors.
 
-``local_server`` is not imported here: it is a development tool, started on its own.
+The local Bedrock-compatible stand-in used offline and in tests is a development tool,
+``devtools.local_bedrock``: it is not part of this package.
 """
 
 from models_catalog.bedrock.client import (

@@ -7,9 +7,6 @@ that instruction rather than skip, so a CI machine that lacks it cannot pass unn
 
 from __future__ import annotations
 
-import os
-import shutil
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -18,87 +15,15 @@ import pytest
 import requests
 from django.contrib.auth.models import User
 
-from billing.default_prices import default_prices_load
-from billing.models import Budget, ManagedBy, ModelPrice
+from billing.models import Budget, ManagedBy
 from conversations.models import Tenant
 from conversations.services import api_key_create
-from models_catalog.models import FoundationModel
-from models_catalog.services import catalogue_load
-from tests.admin.conftest import LLAMA3, PASSWORD, ledger_entry, staff_user
-from tests.conftest import make_tenant
+from tests.factories import LLAMA3, PASSWORD, ledger_entry, make_tenant, staff_user
+from tests.support.browser import logged_in_page
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SCREENSHOT = Path("/tmp/admin-tenants.png")  # noqa: S108 - a file for people to look at
-TIMEOUT_MS = 20_000
-
-
-INSTALL_HINT = "apt-get update && apt-get install -y chromium"
-
-
-def require_chromium() -> None:
-    if not (Path(CHROMIUM).is_file() or shutil.which(CHROMIUM)):
-        pytest.fail(
-            f"Chromium is not installed at {CHROMIUM}; the admin's browser tests need it. "
-            f"Install Debian's package ({INSTALL_HINT}) or set CHROMIUM_PATH.",
-            pytrace=False,
-        )
-
-
-@pytest.fixture
-def browser(live_server: Any, transactional_db: None) -> Iterator[Any]:
-    require_chromium()
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail(
-            "Playwright is not installed; pip install -e '.[dev]' installs it.", pytrace=False
-        )
-    # Playwright's sync API runs an asyncio loop in this thread (switching greenlets), which
-    # Django's ORM takes for an async context; the test's own ORM calls are plain sync code.
-    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-    try:
-        with sync_playwright() as playwright:
-            chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            try:
-                yield chromium
-            finally:
-                chromium.close()
-    finally:
-        if previous is None:
-            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
-        else:
-            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
-
-
-@pytest.fixture
-def catalogue(transactional_db: None) -> None:
-    # Transactional tests empty the tables between tests, data migrations' rows included.
-    catalogue_load()
-    default_prices_load(model_class=FoundationModel, price_class=ModelPrice)
-
-
-def logged_in_page(browser: Any, base_url: str, username: str) -> Any:
-    page = browser.new_page(viewport={"width": 1400, "height": 900})
-    page.set_default_timeout(TIMEOUT_MS)
-    page.goto(f"{base_url}/admin/login/?next=/admin/")
-    page.fill("#id_username", username)
-    page.fill("#id_password", PASSWORD)
-    page.click("input[type=submit]")
-    page.wait_for_selector("#site-name")
-    assert "Site administration" in page.content()
-    return page
 
 
 def save_tenant_budget_limit(page: Any, base_url: str, tenant: Tenant, limit: str) -> None:

@@ -13,7 +13,7 @@ from billing.models import Alert, Budget, ManagedBy, ModelPrice, Quota, Reservat
 from conversations.models import EndUser
 from conversations.services.conversations import conversation_create, user_message_create
 from models_catalog.models import FoundationModel
-from tests.admin.conftest import LLAMA3, ledger_entry
+from tests.factories import LLAMA3, ledger_entry
 
 
 def admin_url(model: str, view: str, *args: object) -> str:

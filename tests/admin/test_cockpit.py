@@ -23,9 +23,8 @@ from billing.admin import money
 from billing.models import Alert, AlertKind, AttemptOutcome, Budget, UsageRecord
 from billing.periods import period_bounds
 from conversations.models import EndUser
-from tests.admin.conftest import PASSWORD, staff_user
 from tests.billing.ledger import LLAMA31_8B, LLAMA33_70B, attempt, charge, reservation
-from tests.conftest import make_tenant
+from tests.factories import PASSWORD, make_tenant, staff_user
 
 pytestmark = pytest.mark.django_db
 

@@ -25,17 +25,11 @@ from billing.models import (
 )
 from conversations.models import EndUser, Message, MessageRole, MessageStatus, Tenant
 from conversations.services.conversations import conversation_create
-from tests.admin import test_admin_browser as admin_browser
-from tests.admin.conftest import staff_user
 from tests.billing.ledger import attempt, charge, reservation
-from tests.conftest import make_tenant
+from tests.factories import make_tenant, staff_user
+from tests.support.browser import logged_in_page
 
 pytestmark = pytest.mark.e2e
-
-# The browser and catalogue fixtures of the admin's browser tests, shared.
-browser = admin_browser.browser
-catalogue = admin_browser.catalogue
-logged_in_page = admin_browser.logged_in_page
 
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "var" / "screenshots"
 MODELS = [

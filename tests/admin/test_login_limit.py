@@ -9,8 +9,8 @@ from django.conf import settings as django_settings
 from django.contrib.auth.models import User
 from django.test import Client
 
-from config import auth_throttle
-from tests.admin.conftest import PASSWORD
+from tests.factories import PASSWORD
+from tests.support.clock import Clock
 
 LOGIN_URL = "/admin/login/?next=/admin/"
 LIMIT = 5
@@ -107,15 +107,14 @@ def test_logins_under_the_limit_work_and_do_not_count(operator) -> None:
     assert_logged_in(client, response)
 
 
-def test_the_limit_ends_with_its_window(operator, settings, monkeypatch) -> None:
-    now = 1_000_000 * settings.ADMIN_LOGIN_FAILURE_WINDOW_SECONDS + 30.0
-    monkeypatch.setattr(auth_throttle, "clock", lambda: now)
+def test_the_limit_ends_with_its_window(operator, settings, clock: Clock) -> None:
+    clock.now = 1_000_000 * settings.ADMIN_LOGIN_FAILURE_WINDOW_SECONDS + 30.0
     for attempt in range(LIMIT):
         log_in("operator", f"wrong {attempt}")
     _, refused = log_in("operator", PASSWORD)
     assert refused.status_code == 429
     assert int(refused["Retry-After"]) == settings.ADMIN_LOGIN_FAILURE_WINDOW_SECONDS - 30
-    now += settings.ADMIN_LOGIN_FAILURE_WINDOW_SECONDS
+    clock.advance(settings.ADMIN_LOGIN_FAILURE_WINDOW_SECONDS)
     client, response = log_in("operator", PASSWORD)
     assert_logged_in(client, response)
 

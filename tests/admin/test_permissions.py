@@ -14,7 +14,7 @@ from django.urls import reverse
 
 from billing.models import Budget, ModelPrice, Quota
 from conversations.services import api_key_authenticate, api_key_create
-from tests.admin.conftest import OPERATOR_MODELS, PASSWORD, ledger_entry, staff_user
+from tests.factories import OPERATOR_MODELS, PASSWORD, ledger_entry, staff_user
 
 
 @pytest.fixture

@@ -19,8 +19,8 @@ from billing.services import budget_state
 from conversations.models import ApiKey, EndUser, Tenant
 from conversations.services import api_key_authenticate, api_key_create
 from models_catalog.models import FoundationModel
-from tests.admin.conftest import LLAMA3, add_inline_row, changeform_data, ledger_entry
-from tests.conftest import make_tenant
+from tests.factories import LLAMA3, ledger_entry, make_tenant
+from tests.support.admin_forms import add_inline_row, changeform_data
 
 TENANT_LIST = reverse("admin:conversations_tenant_changelist")
 # Column positions as the changelist's `o` parameter counts them (0 is the action checkbox).

@@ -22,7 +22,7 @@ from billing.models import Alert, AlertKind, AttemptOutcome, Budget
 from conversations.models import EndUser, Message, MessageRole, MessageStatus
 from conversations.services.conversations import conversation_create
 from tests.billing.ledger import LLAMA31_8B, LLAMA33_70B, attempt, charge, reservation
-from tests.conftest import make_tenant
+from tests.factories import make_tenant
 
 pytestmark = pytest.mark.django_db
 

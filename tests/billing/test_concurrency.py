@@ -15,24 +15,19 @@ transactions do.
 from __future__ import annotations
 
 import math
-import threading
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 import pytest
 import requests
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import Sum
 from django.utils import timezone
 
 from billing import rate_limits
-from billing.default_prices import default_prices_load
 from billing.models import (
     Budget,
-    ModelPrice,
     Quota,
     Reservation,
     ReservationStatus,
@@ -54,91 +49,23 @@ from conversations.services.conversations import (
     conversation_create,
     user_message_create,
 )
-from models_catalog.models import FoundationModel
-from models_catalog.services import catalogue_load
-from tests.conftest import make_tenant
+from tests.factories import make_tenant
+from tests.support.concurrency import (
+    ALLOWED,
+    CLIENTS,
+    MAX_GEN_LEN,
+    MODEL_ID,
+    run_clients,
+    split_outcomes,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-CLIENTS = 50
-ALLOWED = 10
-MODEL_ID = "meta.llama3-1-8b-instruct-v1:0"
-MAX_GEN_LEN = 300
 CONTENT = "What does a hard budget protect against when fifty requests arrive at once?"
-THREAD_TIMEOUT_SECONDS = 120
-# The requests-per-minute test must not straddle a clock minute (fixed windows): start it
-# only with this much of the current minute left; the 50 requests take a second or two.
-MINUTE_MARGIN_SECONDS = 10
-
-
-@dataclass(frozen=True)
-class Outcome:
-    value: Any = None
-    error: BaseException | None = None
-
-
-def run_clients(calls: list[Callable[[], Any]], *, connect: bool = True) -> list[Outcome]:
-    """Run each call in its own thread and connection, all released at once by a barrier.
-
-    HTTP clients pass connect=False: the server's threads hold the database connections
-    (50 more here would crowd PostgreSQL's default limit of 100).
-    """
-    barrier = threading.Barrier(len(calls))
-    outcomes: list[Outcome | None] = [None] * len(calls)
-
-    def client(index: int) -> None:
-        try:
-            if connect:
-                # Connect before the barrier: the race is between requests, not connects.
-                connection.ensure_connection()
-            barrier.wait(timeout=THREAD_TIMEOUT_SECONDS)
-            outcomes[index] = Outcome(value=calls[index]())
-        except BaseException as error:  # reported to the test thread, never swallowed
-            outcomes[index] = Outcome(error=error)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=client, args=(index,)) for index in range(len(calls))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=THREAD_TIMEOUT_SECONDS)
-    assert not any(thread.is_alive() for thread in threads), "a client never finished"
-    assert all(outcome is not None for outcome in outcomes)
-    return [outcome for outcome in outcomes if outcome is not None]
-
-
-def split_outcomes(outcomes: list[Outcome]) -> tuple[list[Any], list[BaseException]]:
-    passed = [outcome.value for outcome in outcomes if outcome.error is None]
-    refused = [outcome.error for outcome in outcomes if outcome.error is not None]
-    return passed, refused
 
 
 @pytest.fixture
-def catalogue(transactional_db: None) -> FoundationModel:
-    # A transactional test flushes every table afterwards, the migrations' catalogue and
-    # prices included: put them back (both loads are idempotent).
-    catalogue_load()
-    default_prices_load(model_class=FoundationModel, price_class=ModelPrice)
-    return FoundationModel.objects.get(model_id=MODEL_ID)
-
-
-@pytest.fixture
-def enqueued(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """Answers whose generation was enqueued after commit (no worker runs these tests)."""
-    answer_ids: list[Any] = []
-    lock = threading.Lock()
-
-    def record(*, message_id: Any, tenant_id: int) -> None:
-        with lock:
-            answer_ids.append(message_id)
-
-    monkeypatch.setattr("conversations.services.dispatch.generation_enqueue", record)
-    return answer_ids
-
-
-@pytest.fixture
-def tenant(catalogue: FoundationModel) -> Tenant:
+def tenant(catalogue: None) -> Tenant:
     return make_tenant("concurrent")
 
 
@@ -284,17 +211,10 @@ def test_fifty_concurrent_turns_against_ten_at_once_pass_exactly_ten(
     send_turn(refused_conversation)()
 
 
-def wait_for_room_in_the_current_minute() -> None:
-    remaining = rate_limits.MINUTE - rate_limits.now_seconds() % rate_limits.MINUTE
-    if remaining < MINUTE_MARGIN_SECONDS:
-        time.sleep(remaining + 0.05)
-
-
 def test_fifty_concurrent_turns_against_ten_requests_per_minute_pass_exactly_ten(
     tenant: Tenant, conversations: list[Conversation], enqueued: list[Any]
 ) -> None:
     quota = Quota.objects.create(tenant=tenant, requests_per_minute=ALLOWED)
-    wait_for_room_in_the_current_minute()
     started = rate_limits.now_seconds()
 
     outcomes = run_clients([send_turn(conversation) for conversation in conversations])
@@ -302,7 +222,7 @@ def test_fifty_concurrent_turns_against_ten_requests_per_minute_pass_exactly_ten
     passed, refused = split_outcomes(outcomes)
 
     windows = {int(moment // rate_limits.MINUTE) for moment in (started, finished)}
-    assert len(windows) == 1, "the run straddled a minute; raise MINUTE_MARGIN_SECONDS"
+    assert len(windows) == 1, "the run straddled a minute; the clock fixture pins it"
     assert len(passed) == ALLOWED
     assert len(refused) == CLIENTS - ALLOWED
     seconds_left = rate_limits.MINUTE - started % rate_limits.MINUTE

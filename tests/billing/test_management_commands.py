@@ -12,7 +12,7 @@ from billing.models import Budget, ManagedBy, Quota
 from billing.services import BudgetExceededError
 from conversations.models import EndUser
 from conversations.services.conversations import conversation_create, user_message_create
-from tests.conftest import make_tenant
+from tests.factories import make_tenant
 
 LLAMA3 = "meta.llama3-1-8b-instruct-v1:0"
 

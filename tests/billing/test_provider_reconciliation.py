@@ -18,7 +18,7 @@ from billing.models import AttemptOutcome, Reservation
 from billing.reconciliation import provider_reconciliation
 from billing.services import provider_attempt_record, reservation_settle
 from conversations.services.conversations import conversation_create, user_message_create
-from tests.conftest import make_tenant
+from tests.factories import make_tenant
 
 pytestmark = pytest.mark.django_db
 

@@ -37,7 +37,8 @@ from conversations.services.conversations import (
     conversation_update,
     user_message_create,
 )
-from tests.conftest import assert_error, make_tenant
+from tests.factories import make_tenant
+from tests.support.api import assert_error
 
 pytestmark = pytest.mark.django_db
 

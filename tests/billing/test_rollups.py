@@ -17,14 +17,12 @@ from django.db import connection, transaction
 from django.db.models import Count, Q, Sum
 from django.db.models.functions import TruncDate
 
-from billing.default_prices import default_prices_load
 from billing.models import (
     AttemptOutcome,
     Budget,
     DailyCharge,
     DailyEndUserCharge,
     DailyProviderCost,
-    ModelPrice,
     ProviderAttempt,
     UsageRecord,
 )
@@ -32,10 +30,8 @@ from billing.rollups import daily_rollups_rebuild
 from billing.services import provider_attempt_record, reservation_settle
 from conversations.models import EndUser
 from conversations.services.conversations import conversation_create, user_message_create
-from models_catalog.models import FoundationModel
-from models_catalog.services import catalogue_load
 from tests.billing.ledger import LLAMA31_8B, LLAMA33_70B
-from tests.conftest import make_tenant
+from tests.factories import make_tenant
 
 THREADS = 8
 
@@ -249,12 +245,12 @@ def test_the_migration_fill_and_the_rebuild_command_agree_with_the_ledgers() -> 
 
 
 @pytest.mark.django_db(transaction=True)
-def test_concurrent_answers_of_one_tenant_and_model_add_up_without_deadlock() -> None:
+def test_concurrent_answers_of_one_tenant_and_model_add_up_without_deadlock(
+    catalogue: None,
+) -> None:
     """Every answer's transaction takes the provider rollup row, the tenant's budget row,
     then the charge rollup row: THREADS of them at once, on one day's rows, all commit and
     the rollups equal the ledgers."""
-    catalogue_load()
-    default_prices_load(model_class=FoundationModel, price_class=ModelPrice)
     tenant = make_tenant("busy")
     Budget.objects.create(tenant=tenant, period="month", limit_amount=Decimal(100))
     answers = [answer(tenant) for _ in range(THREADS)]

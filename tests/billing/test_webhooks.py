@@ -25,9 +25,9 @@ from billing.webhooks import (
     webhook_signature,
     webhook_signature_verify,
 )
-from config.embedded import free_port
 from conversations.services.conversations import conversation_create, user_message_create
-from tests.conftest import make_tenant
+from devtools.processes import free_port
+from tests.factories import make_tenant
 
 SECRET = "whsec_test_0123456789"
 LLAMA3 = "meta.llama3-8b-instruct-v1:0"

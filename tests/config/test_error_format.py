@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conversations.models import ApiKey
-from tests.conftest import assert_error
+from tests.support.api import assert_error
 
 pytestmark = pytest.mark.urls("tests.config.error_urls")
 

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from config.embedded import EmbeddedRedis, free_port
+from devtools.embedded_redis import EmbeddedRedis
+from devtools.processes import free_port
 
 
 def test_healthz_answers_without_dependencies(client) -> None:

@@ -14,11 +14,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from billing.models import Reservation, ReservationStatus
 from billing.services import reservation_settle
-from config.embedded import free_port
 from config.metrics import BEDROCK_ERRORS_KEY, record_bedrock_error
 from config.redis_client import get_redis
 from conversations.models import Message, MessageStatus
 from conversations.services.conversations import conversation_create, user_message_create
+from devtools.processes import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LLAMA3 = "meta.llama3-1-8b-instruct-v1:0"

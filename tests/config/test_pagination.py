@@ -10,7 +10,8 @@ import pytest
 
 from conversations.models import MessageRole
 from conversations.services.conversations import conversation_create
-from tests.conftest import assert_error, stored_message
+from tests.factories import stored_message
+from tests.support.api import assert_error
 
 MODEL_ID = "meta.llama3-1-8b-instruct-v1:0"
 

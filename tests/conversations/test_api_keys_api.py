@@ -6,7 +6,7 @@ import uuid
 
 from conversations.models import ApiKey
 from conversations.services import CreatedApiKey
-from tests.conftest import assert_error, client_with_key
+from tests.support.api import assert_error, client_with_key
 
 
 def test_list_shows_only_the_callers_keys(owner_client, owner_key, other_key) -> None:

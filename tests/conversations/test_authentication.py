@@ -7,7 +7,7 @@ from django.utils import timezone
 
 from conversations.models import ApiKey, Tenant
 from conversations.services import CreatedApiKey, api_key_revoke
-from tests.conftest import assert_error, client_with_key
+from tests.support.api import assert_error, client_with_key
 
 MODELS_URL = "/api/v1/models"
 

@@ -11,7 +11,7 @@ from conversations.services.conversations import conversation_create, user_messa
 from models_catalog.models import FoundationModel
 from models_catalog.prompt_formats import prompt_frame_tokens, turn_overhead_tokens
 from models_catalog.tokenizer import count_llama2_prompt_tokens, count_llama3_prompt_tokens
-from tests.conftest import stored_message, tiny_model
+from tests.factories import stored_message, tiny_model
 
 pytestmark = pytest.mark.django_db
 

@@ -9,7 +9,8 @@ import pytest
 from billing.models import Reservation, ReservationStatus
 from conversations.models import Conversation, EndUser, Message
 from models_catalog.models import FoundationModel
-from tests.conftest import assert_error, stored_message, tiny_model
+from tests.factories import stored_message, tiny_model
+from tests.support.api import assert_error
 
 LLAMA3 = "meta.llama3-8b-instruct-v1:0"
 

@@ -13,10 +13,8 @@ import kombu.exceptions
 import pytest
 from django.utils import timezone
 
-from billing.default_prices import default_prices_load
 from billing.models import (
     AttemptOutcome,
-    ModelPrice,
     ProviderAttempt,
     Reservation,
     ReservationStatus,
@@ -31,20 +29,12 @@ from conversations.services.conversations import (
 )
 from conversations.services.dispatch import generation_queue, generations_sweep
 from conversations.services.generation import Outcome, _claim
-from models_catalog.models import FoundationModel
-from models_catalog.services import catalogue_load
-from tests.conftest import assert_error, make_tenant
+from tests.factories import make_tenant
+from tests.support.api import assert_error
 
 pytestmark = pytest.mark.django_db
 
 LLAMA31_8B = "meta.llama3-1-8b-instruct-v1:0"
-
-
-@pytest.fixture
-def catalogue(transactional_db: None) -> None:
-    # A transactional test flushes the migrations' catalogue and prices: put them back.
-    catalogue_load()
-    default_prices_load(model_class=FoundationModel, price_class=ModelPrice)
 
 
 @pytest.fixture

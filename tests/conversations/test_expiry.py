@@ -14,7 +14,7 @@ from conversations.models import Message, MessageStatus
 from conversations.services.conversations import conversation_create, user_message_create
 from conversations.services.generation import Outcome, generation_run
 from conversations.tasks import expire_stale_generations
-from tests.conftest import make_tenant
+from tests.factories import make_tenant
 
 LLAMA3 = "meta.llama3-8b-instruct-v1:0"
 EXPIRY_SECONDS = 3600

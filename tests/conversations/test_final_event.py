@@ -11,27 +11,20 @@ import pytest
 import redis
 from django.db import connection
 
-from billing.default_prices import default_prices_load
-from billing.models import ModelPrice
 from config.redis_client import get_redis
 from conversations import answer_stream
 from conversations.models import Message, MessageStatus
 from conversations.services.conversations import conversation_create, user_message_create
 from conversations.services.generation import answer_wait, database_connection_release
-from models_catalog.models import FoundationModel
-from models_catalog.services import catalogue_load
 from openai_api.relay import completion_wait
-from tests.conftest import make_tenant
+from tests.factories import make_tenant
 
 LLAMA3 = "meta.llama3-8b-instruct-v1:0"
 CLOSED_PORT_URL = "redis://127.0.0.1:1/0"
 
 
 @pytest.fixture
-def answer(transactional_db: None) -> Message:
-    # A transactional test flushes the migrations' catalogue and prices: put them back.
-    catalogue_load()
-    default_prices_load(model_class=FoundationModel, price_class=ModelPrice)
+def answer(catalogue: None) -> Message:
     conversation = conversation_create(
         tenant=make_tenant("acme"), model_id=LLAMA3, system_prompt="Be brief."
     )

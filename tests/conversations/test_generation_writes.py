@@ -19,7 +19,7 @@ from conversations.models import Message, MessageStatus
 from conversations.services import generation
 from conversations.services.conversations import conversation_create, user_message_create
 from conversations.services.generation import Outcome, _claim, _Wire, generation_run
-from tests.conftest import make_tenant
+from tests.factories import make_tenant
 
 LLAMA3 = "meta.llama3-8b-instruct-v1:0"
 

@@ -14,9 +14,13 @@ from billing.pricing import token_cost
 from conversations.context import context_build
 from conversations.models import Conversation, Message
 from conversations.tasks import generate_answer
-from models_catalog.bedrock.local_server import LocalBedrockServer, expected_generation
+from devtools.local_bedrock import LocalBedrockServer, expected_generation
+from devtools.processes import child_pids
 from models_catalog.tokenizer import count_llama3_tokens
-from tests.e2e.conftest import BEDROCK_SEED, Api, child_pids, stream_events, wait_for
+from tests.support.live_api import Api
+from tests.support.local_bedrock import BEDROCK_SEED
+from tests.support.sse import stream_events
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -28,7 +28,9 @@ from billing.models import (
 from conversations.models import Message, MessageStatus, Tenant
 from conversations.services import api_key_create, tenant_create
 from tests.e2e.books import assert_books_balance_for
-from tests.e2e.conftest import Api, read_sse, stream_events, wait_for
+from tests.support.live_api import Api
+from tests.support.sse import read_sse, stream_events
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 

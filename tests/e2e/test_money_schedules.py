@@ -49,17 +49,17 @@ from billing.models import (
 )
 from conversations.models import Message, MessageRole, Tenant
 from conversations.services import api_key_create, tenant_create
-from models_catalog.bedrock.local_server import LocalBedrockServer
+from devtools.local_bedrock import LocalBedrockServer
+from devtools.processes import ManagedProcess
 from models_catalog.models import FoundationModel
 from tests.e2e.books import FINAL_STATUSES, books_problems
 from tests.e2e.conftest import (
     STARTUP_TIMEOUT_SECONDS,
-    ManagedProcess,
     process_environment,
     server_traceback,
     start_process,
-    wait_for,
 )
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -379,13 +379,8 @@ def _batches() -> list[range]:
 
 @pytest.mark.parametrize("schedules", _batches(), ids=lambda r: f"{r.start}-{r.stop - 1}")
 def test_randomized_schedules_keep_the_books(
-    schedules: range, web_server: str, threads_worker: ManagedProcess, transactional_db: None
+    schedules: range, web_server: str, threads_worker: ManagedProcess, catalogue: None
 ) -> None:
-    from billing.default_prices import default_prices_load
-    from models_catalog.services import catalogue_load
-
-    catalogue_load()
-    default_prices_load(model_class=FoundationModel, price_class=ModelPrice)
     problems: list[str] = []
     seen: Counter[str] = Counter()
     for index in schedules:

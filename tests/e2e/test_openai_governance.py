@@ -18,8 +18,9 @@ import pytest
 from billing.limits import quota_create
 from billing.models import Budget, ManagedBy, Reservation, UsageRecord
 from conversations.models import Message, Tenant
-from models_catalog.bedrock.local_server import LocalBedrockServer
-from tests.e2e.conftest import LLAMA3, Api
+from devtools.local_bedrock import LocalBedrockServer
+from tests.factories import LLAMA3
+from tests.support.live_api import Api
 
 pytestmark = pytest.mark.e2e
 

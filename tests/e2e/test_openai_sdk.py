@@ -18,8 +18,10 @@ from langchain_openai import ChatOpenAI
 from billing.limits import budget_create, quota_create
 from billing.models import BudgetPeriod, ManagedBy, Reservation, ReservationStatus, UsageRecord
 from conversations.models import Conversation, Message, MessageStatus, Tenant
-from models_catalog.bedrock.local_server import LocalBedrockServer
-from tests.e2e.conftest import LLAMA3, Api, wait_for
+from devtools.local_bedrock import LocalBedrockServer
+from tests.factories import LLAMA3
+from tests.support.live_api import Api
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -9,16 +9,12 @@ import pytest
 
 from billing.models import Reservation, ReservationStatus, UsageRecord
 from conversations.models import Message, MessageStatus
-from models_catalog.bedrock.local_server import LocalBedrockServer
-from tests.e2e.conftest import wait_for
-from tests.faults.conftest import (
-    FINAL_STATUSES,
-    Api,
-    assert_books_balance,
-    assert_completed_exactly,
-    send_turns,
-    wait_all_final,
-)
+from devtools.local_bedrock import LocalBedrockServer
+from tests.e2e.books import FINAL_STATUSES
+from tests.faults.invariant import assert_books_balance
+from tests.faults.turns import assert_completed_exactly, send_turns, wait_all_final
+from tests.support.live_api import Api
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -24,19 +24,14 @@ from config.redis_client import get_redis
 from conversations.answer_stream import stream_key
 from conversations.expiry import stale_generations_expire
 from conversations.models import Message
-from models_catalog.bedrock.local_server import LocalBedrockServer
-from tests.e2e.conftest import stream_events, wait_for
-from tests.faults.conftest import (
-    FINAL_STATUSES,
-    Api,
-    TcpProxy,
-    assert_books_balance,
-    assert_completed_exactly,
-    database_url_through,
-    is_postgresql,
-    send_turns,
-    wait_all_final,
-)
+from devtools.local_bedrock import LocalBedrockServer
+from tests.e2e.books import FINAL_STATUSES
+from tests.faults.invariant import assert_books_balance
+from tests.faults.tcp_proxy import TcpProxy, database_url_through, is_postgresql
+from tests.faults.turns import assert_completed_exactly, send_turns, wait_all_final
+from tests.support.live_api import Api
+from tests.support.sse import stream_events
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -15,8 +15,11 @@ import requests
 
 from conversations.models import Message, MessageStatus
 from conversations.services import api_key_create, tenant_create
-from models_catalog.bedrock.local_server import LocalBedrockServer
-from tests.faults.conftest import Api, ManagedProcess, start_web_server, wait_all_final
+from devtools.local_bedrock import LocalBedrockServer
+from devtools.processes import ManagedProcess
+from tests.faults.conftest import start_web_server
+from tests.faults.turns import wait_all_final
+from tests.support.live_api import Api
 
 pytestmark = pytest.mark.e2e
 

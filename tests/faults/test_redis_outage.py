@@ -21,24 +21,19 @@ from pathlib import Path
 
 import pytest
 
-from config.embedded import EmbeddedRedis, free_port
-from models_catalog.bedrock.local_server import LocalBedrockServer
+from devtools.embedded_redis import EmbeddedRedis
+from devtools.local_bedrock import LocalBedrockServer
+from devtools.processes import ManagedProcess, free_port
 from tests.e2e.conftest import (
     STARTUP_TIMEOUT_SECONDS,
-    ManagedProcess,
     process_environment,
     start_process,
-    wait_for,
 )
-from tests.faults.conftest import (
-    WORKER_ENVIRONMENT,
-    Api,
-    assert_books_balance,
-    assert_completed_exactly,
-    send_turns,
-    start_web_server,
-    wait_all_final,
-)
+from tests.faults.conftest import WORKER_ENVIRONMENT, start_web_server
+from tests.faults.invariant import assert_books_balance
+from tests.faults.turns import assert_completed_exactly, send_turns, wait_all_final
+from tests.support.live_api import Api
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -20,20 +20,17 @@ import pytest
 import requests
 
 from billing.models import Reservation, ReservationStatus, UsageRecord
-from config.embedded import EmbeddedRedis, free_port
 from conversations.expiry import stale_generations_expire
 from conversations.models import Message, MessageStatus
-from models_catalog.bedrock.local_server import LocalBedrockServer
-from tests.e2e.conftest import SseEvent, read_sse, wait_for
-from tests.faults.conftest import (
-    Api,
-    ManagedProcess,
-    assert_books_balance,
-    assert_completed_exactly,
-    send_turns,
-    start_web_server,
-    wait_all_final,
-)
+from devtools.embedded_redis import EmbeddedRedis
+from devtools.local_bedrock import LocalBedrockServer
+from devtools.processes import ManagedProcess, free_port
+from tests.faults.conftest import start_web_server
+from tests.faults.invariant import assert_books_balance
+from tests.faults.turns import assert_completed_exactly, send_turns, wait_all_final
+from tests.support.live_api import Api
+from tests.support.sse import SseEvent, read_sse
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -21,23 +21,19 @@ from pathlib import Path
 import pytest
 import requests
 
-from config.embedded import EmbeddedRedis, free_port
 from config.redis_client import get_redis
 from conversations.answer_stream import stream_key
 from conversations.models import Message, MessageStatus
 from conversations.services.dispatch import generations_sweep
-from models_catalog.bedrock.local_server import LocalBedrockServer
-from tests.e2e.conftest import wait_for
-from tests.faults.conftest import (
-    FINAL_STATUSES,
-    Api,
-    ManagedProcess,
-    assert_books_balance,
-    assert_completed_exactly,
-    send_turns,
-    start_web_server,
-    wait_all_final,
-)
+from devtools.embedded_redis import EmbeddedRedis
+from devtools.local_bedrock import LocalBedrockServer
+from devtools.processes import ManagedProcess, free_port
+from tests.e2e.books import FINAL_STATUSES
+from tests.faults.conftest import start_web_server
+from tests.faults.invariant import assert_books_balance
+from tests.faults.turns import assert_completed_exactly, send_turns, wait_all_final
+from tests.support.live_api import Api
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 

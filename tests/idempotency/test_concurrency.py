@@ -4,7 +4,6 @@ reservation, one enqueued answer, and 50 identical responses, on SQLite and Post
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import pytest
@@ -15,34 +14,14 @@ from conversations.models import Conversation, Message, Tenant
 from conversations.services import api_key_create
 from conversations.services.conversations import conversation_create
 from idempotency.models import IdempotencyRecord
-from models_catalog.models import FoundationModel
-from tests.billing.test_concurrency import (
-    CLIENTS,
-    MODEL_ID,
-    catalogue,  # noqa: F401 - a fixture
-    run_clients,
-)
-from tests.conftest import make_tenant
+from tests.factories import make_tenant
+from tests.support.concurrency import CLIENTS, MODEL_ID, run_clients
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def enqueued(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    answer_ids: list[Any] = []
-    lock = threading.Lock()
-
-    def record(*, message_id: Any, tenant_id: int) -> None:
-        with lock:
-            answer_ids.append(message_id)
-
-    # Where every answer's task is handed to the broker (no worker runs these tests).
-    monkeypatch.setattr("conversations.services.dispatch.generation_enqueue", record)
-    return answer_ids
-
-
-@pytest.fixture
-def tenant(catalogue: FoundationModel) -> Tenant:  # noqa: F811 - the fixture above
+def tenant(catalogue: None) -> Tenant:
     return make_tenant("idempotent")
 
 

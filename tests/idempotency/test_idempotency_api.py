@@ -13,7 +13,7 @@ from conversations.models import Conversation, Message
 from conversations.services.conversations import conversation_create
 from idempotency.models import IdempotencyRecord, IdempotencyStatus
 from idempotency.services import idempotency_records_purge
-from tests.conftest import assert_error
+from tests.support.api import assert_error
 
 MODEL = "meta.llama3-1-8b-instruct-v1:0"
 

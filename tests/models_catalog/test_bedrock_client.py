@@ -27,6 +27,12 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
+from devtools.local_bedrock import (
+    ERROR_STATUS,
+    STREAM_EXCEPTION_MEMBERS,
+    LocalBedrockServer,
+    expected_generation,
+)
 from models_catalog.bedrock import client as bedrock
 from models_catalog.bedrock.client import (
     Delta,
@@ -42,12 +48,6 @@ from models_catalog.bedrock.errors import (
     FinalBedrockError,
     RetryableBedrockError,
     to_bedrock_error,
-)
-from models_catalog.bedrock.local_server import (
-    ERROR_STATUS,
-    STREAM_EXCEPTION_MEMBERS,
-    LocalBedrockServer,
-    expected_generation,
 )
 from models_catalog.tokenizer import count_llama3_prompt_tokens, count_llama3_tokens
 

@@ -7,7 +7,7 @@ import pytest
 from models_catalog.catalogue import CATALOGUE, resolve_model_id
 from models_catalog.models import FoundationModel
 from models_catalog.services import catalogue_load
-from tests.conftest import assert_error
+from tests.support.api import assert_error
 
 # shared/BEDROCK.md, "Models": id, family, context window.
 EXPECTED_MODELS = {

@@ -19,7 +19,7 @@ from conversations.models import Conversation, Message, MessageStatus
 from conversations.services.conversations import conversation_create
 from openai_api.parsing import chat_completion_parse
 from openai_api.services import chat_completion_create, stateless_calls_purge
-from tests.conftest import tiny_model
+from tests.factories import tiny_model
 
 MODEL = "meta.llama3-1-8b-instruct-v1:0"
 URL = "/v1/chat/completions"

@@ -6,7 +6,6 @@ Real HTTP clients through the SDK: tests/e2e/test_openai_governance.py.
 
 from __future__ import annotations
 
-import threading
 from decimal import Decimal
 from typing import Any
 
@@ -23,17 +22,15 @@ from models_catalog.models import FoundationModel
 from models_catalog.tokenizer import count_prompt_tokens
 from openai_api.parsing import chat_completion_parse
 from openai_api.services import _prompt, chat_completion_create
-from tests.billing.test_concurrency import (
+from tests.factories import make_tenant
+from tests.support.concurrency import (
     ALLOWED,
     CLIENTS,
     MAX_GEN_LEN,
     MODEL_ID,
-    catalogue,  # noqa: F401 - a fixture
     run_clients,
     split_outcomes,
-    wait_for_room_in_the_current_minute,
 )
-from tests.conftest import make_tenant
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -51,22 +48,8 @@ CHAT = chat_completion_parse(
 
 
 @pytest.fixture
-def tenant(catalogue: FoundationModel) -> Tenant:  # noqa: F811 - the fixture above
+def tenant(catalogue: None) -> Tenant:
     return make_tenant("concurrent-openai")
-
-
-@pytest.fixture
-def enqueued(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    answer_ids: list[Any] = []
-    lock = threading.Lock()
-
-    def record(*, message_id: Any, tenant_id: int) -> None:
-        with lock:
-            answer_ids.append(message_id)
-
-    # Where every answer's task is handed to the broker (no worker runs these tests).
-    monkeypatch.setattr("conversations.services.dispatch.generation_enqueue", record)
-    return answer_ids
 
 
 def worst_case(model: FoundationModel) -> Decimal:
@@ -93,11 +76,9 @@ def assert_exactly_ten_stored(passed: list[Message], enqueued: list[Any]) -> Non
 
 
 def test_fifty_concurrent_calls_against_a_budget_for_ten_pass_exactly_ten(
-    tenant: Tenant,
-    catalogue: FoundationModel,  # noqa: F811 - the fixture imported above
-    enqueued: list[Any],
+    tenant: Tenant, enqueued: list[Any]
 ) -> None:
-    limit = ALLOWED * worst_case(catalogue)
+    limit = ALLOWED * worst_case(FoundationModel.objects.get(model_id=MODEL_ID))
     Budget.objects.create(tenant=tenant, period="month", limit_amount=limit, is_hard=True)
 
     passed, refused = split_outcomes(run_clients([call(tenant) for _ in range(CLIENTS)]))
@@ -125,7 +106,6 @@ def test_fifty_concurrent_calls_against_ten_requests_a_minute_pass_exactly_ten(
     tenant: Tenant, enqueued: list[Any]
 ) -> None:
     Quota.objects.create(tenant=tenant, per_end_user=True, requests_per_minute=ALLOWED)
-    wait_for_room_in_the_current_minute()
     passed, refused = split_outcomes(run_clients([call(tenant) for _ in range(CLIENTS)]))
     assert len(refused) == CLIENTS - ALLOWED
     for error in refused:

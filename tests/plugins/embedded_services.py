@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from config.embedded import EmbeddedRedis, free_port
-from models_catalog.bedrock.local_server import LocalBedrockServer
+from devtools.embedded_redis import EmbeddedRedis
+from devtools.local_bedrock import LocalBedrockServer
+from devtools.processes import free_port
 
 EMBEDDED_FOR_TESTS_VARIABLE = "TESTS_STARTED_EMBEDDED_REDIS"
 LOCAL_BEDROCK_FOR_TESTS_VARIABLE = "TESTS_STARTED_LOCAL_BEDROCK"

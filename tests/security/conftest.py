@@ -4,7 +4,6 @@ from collections.abc import Iterator
 
 import pytest
 from redis import Redis
-from rest_framework.test import APIClient
 
 from config.auth_throttle import KEY_PREFIX
 from config.redis_client import get_redis
@@ -23,11 +22,3 @@ def _fresh_failed_authentication_counts() -> Iterator[None]:
     _forget_failed_authentications(client)
     yield
     _forget_failed_authentications(client)
-
-
-def client_from(address: str, secret: str | None = None, **extra: str) -> APIClient:
-    """A client whose requests come from this address (REMOTE_ADDR)."""
-    client = APIClient(REMOTE_ADDR=address, **extra)
-    if secret is not None:
-        client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
-    return client

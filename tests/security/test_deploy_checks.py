@@ -14,8 +14,8 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from conversations.services import CreatedApiKey
-from tests.conftest import client_with_key
 from tests.security.urls import FAILURE_DETAIL
+from tests.support.api import client_with_key
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PRODUCTION_HOST = "api.example.com"

@@ -26,8 +26,9 @@ from config import auth_throttle
 from conversations.models import ApiKey, Conversation, EndUser, Message, MessageRole
 from conversations.services import CreatedApiKey, api_key_create
 from conversations.services.conversations import conversation_create, user_message_create
-from tests.conftest import assert_error, stored_message
-from tests.security.conftest import client_from
+from tests.factories import stored_message
+from tests.support.api import assert_error, client_from
+from tests.support.clock import Clock
 
 MODEL_ID = "meta.llama3-1-8b-instruct-v1:0"  # 128K window: the longest message fits
 CONVERSATIONS = "/api/v1/conversations"
@@ -664,15 +665,14 @@ def test_the_default_limit_is_twenty_a_minute(owner_key) -> None:
     assert_error(blocked, 429, "too_many_failed_authentications")
 
 
-def test_the_limit_ends_with_its_window(owner_key, settings, monkeypatch) -> None:
+def test_the_limit_ends_with_its_window(owner_key, settings, clock: Clock) -> None:
     settings.AUTH_FAILURE_LIMIT = 2
-    now = 1_000_000 * settings.AUTH_FAILURE_WINDOW_SECONDS + 5.0
-    monkeypatch.setattr(auth_throttle, "clock", lambda: now)
+    clock.now = 1_000_000 * settings.AUTH_FAILURE_WINDOW_SECONDS + 5.0
     fail_to_authenticate("203.0.113.7", 2)
     throttled = client_from("203.0.113.7", wrong_key()).get("/api/v1/tenant")
     assert throttled.status_code == 429
     assert int(throttled["Retry-After"]) == settings.AUTH_FAILURE_WINDOW_SECONDS - 5
-    now += settings.AUTH_FAILURE_WINDOW_SECONDS
+    clock.advance(settings.AUTH_FAILURE_WINDOW_SECONDS)
     assert client_from("203.0.113.7", wrong_key()).get("/api/v1/tenant").status_code == 401
 
 

@@ -39,7 +39,7 @@ from config.wsgi import application
 from conversations.models import MessageRole, MessageStatus
 from conversations.services import api_key_create
 from conversations.services.conversations import conversation_create, user_message_create
-from tests.conftest import make_tenant, stored_message
+from tests.factories import make_tenant, stored_message
 
 MODEL_ID = "meta.llama3-1-8b-instruct-v1:0"
 ERROR_STATUS = 400

@@ -35,7 +35,8 @@ from config.api_base import (
 from conversations.models import MessageRole, Tenant
 from conversations.services import CreatedApiKey
 from conversations.services.conversations import conversation_create
-from tests.conftest import client_with_key, stored_message
+from tests.factories import stored_message
+from tests.support.api import client_with_key
 
 MODEL_ID = "meta.llama3-1-8b-instruct-v1:0"
 API_PREFIXES = ("api/", "v1/")

@@ -16,18 +16,17 @@ from typing import Any
 import pytest
 import requests
 
-from config.embedded import free_port
 from config.web_server import proxy_header_arguments, uvicorn_command
 from conversations.services import api_key_create
+from devtools.processes import ManagedProcess, free_port
 from models_catalog.services import catalogue_load
-from tests.conftest import make_tenant
 from tests.e2e.conftest import (
     STARTUP_TIMEOUT_SECONDS,
-    ManagedProcess,
     process_environment,
     start_process,
-    wait_for,
 )
+from tests.factories import make_tenant
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 

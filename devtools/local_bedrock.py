@@ -3,7 +3,8 @@
     !!! This server answers every request without checking any signature or credential,
     !!! and its "model" writes deterministic filler text. It exists so that the real boto3
     !!! code path (``models_catalog.bedrock.client``) can run offline and in tests through
-    !!! ``BEDROCK_ENDPOINT_URL``. Production settings refuse to start it.
+    !!! ``BEDROCK_ENDPOINT_URL``. It is a development tool: neither the installed package
+    !!! nor the Docker image contains it (tests/test_production_package.py).
 
 It speaks enough of the Bedrock Runtime wire protocol (shared/BEDROCK.md) for unmodified
 boto3: ``POST /model/{modelId}/invoke`` (JSON) and ``/invoke-with-response-stream`` (AWS
@@ -13,7 +14,7 @@ can script exact outcomes per request (``LocalBedrockServer.script``).
 
 It must run without Django configured: nothing here imports Django.
 
-    python -m models_catalog.bedrock.local_server --host 127.0.0.1 --port 8001 --seed 1
+    python -m devtools.local_bedrock --host 127.0.0.1 --port 8001 --seed 1
 """
 
 from __future__ import annotations
@@ -42,13 +43,14 @@ from types import FrameType, TracebackType
 from typing import Any, Self
 from urllib.parse import unquote, urlsplit
 
-from models_catalog.bedrock import eventstream
+from devtools import eventstream
+from models_catalog.catalogue import BEDROCK_MAX_GEN_LEN
 
 logger = logging.getLogger(__name__)
 
-# The Meta text models of shared/BEDROCK.md and their context windows. Kept here rather than
-# read from the catalogue so that the server never depends on Django or the database; a test
-# checks it against models_catalog.catalogue.
+# The Meta text models of shared/BEDROCK.md and their context windows: Bedrock's side, written
+# out rather than read from our catalogue, so that a wrong window in the catalogue is caught by
+# a test that compares the two (tests/devtools/test_local_bedrock_server.py).
 MODEL_CONTEXT_WINDOWS: Mapping[str, int] = {
     "meta.llama2-13b-chat-v1": 4096,
     "meta.llama2-70b-chat-v1": 4096,
@@ -66,7 +68,6 @@ MODEL_CONTEXT_WINDOWS: Mapping[str, int] = {
 INFERENCE_PROFILE_PREFIXES = ("us.", "eu.", "apac.", "us-gov.")
 # Llama 2 prompts are counted with the Llama 2 tokenizer, every other model's with Llama 3's.
 LLAMA2_MODEL_PREFIX = "meta.llama2-"
-MAX_GEN_LEN_LIMIT = 2048
 DEFAULT_MAX_GEN_LEN = 512
 DEFAULT_TEMPERATURE = 0.5
 DEFAULT_TOP_P = 0.9
@@ -506,12 +507,12 @@ def _parse_body(raw: bytes) -> _LlamaRequest:
     if (
         not isinstance(max_gen_len, int)
         or isinstance(max_gen_len, bool)
-        or not 1 <= max_gen_len <= MAX_GEN_LEN_LIMIT
+        or not 1 <= max_gen_len <= BEDROCK_MAX_GEN_LEN
     ):
         raise _RequestError(
             "ValidationException",
             f"Malformed input request: #/max_gen_len: {max_gen_len!r} is not an integer "
-            f"within 1..{MAX_GEN_LEN_LIMIT}",
+            f"within 1..{BEDROCK_MAX_GEN_LEN}",
         )
     return _LlamaRequest(prompt, float(temperature), float(top_p), max_gen_len)
 
@@ -949,7 +950,7 @@ class LocalBedrockServer:
 
 def _argument_parser(defaults: ServerConfig) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m models_catalog.bedrock.local_server",
+        prog="python -m devtools.local_bedrock",
         description="Local Bedrock-compatible server for development and tests. "
         "NEVER USE IN PRODUCTION. Defaults come from LOCAL_BEDROCK_* variables.",
     )

@@ -1,7 +1,8 @@
 """The local Bedrock-compatible server: its "model", its wire format, its knobs, its CLI.
 
 Raw HTTP (requests) where the exact bytes matter; boto3 where what matters is that the
-real SDK accepts them. The client module's own behaviour is in test_bedrock_client.py.
+real SDK accepts them. The client module's own behaviour is in
+tests/models_catalog/test_bedrock_client.py.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from botocore.config import Config
 from botocore.eventstream import EventStreamBuffer, EventStreamMessage
 from botocore.exceptions import ClientError, EventStreamError
 
-from models_catalog.bedrock.local_server import (
+from devtools.local_bedrock import (
     ERROR_STATUS,
     MODEL_CONTEXT_WINDOWS,
     STREAM_START_PROMPT_CHARS,
@@ -577,7 +578,7 @@ def test_command_line_prints_its_address_serves_and_exits_cleanly_on_sigterm() -
         [
             sys.executable,
             "-m",
-            "models_catalog.bedrock.local_server",
+            "devtools.local_bedrock",
             *("--port", "0", "--seed", "5", "--seconds-per-token", "0"),
         ],
         cwd=REPO_ROOT,

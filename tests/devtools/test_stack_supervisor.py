@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from config import stack
-from config.stack import Child, StackError, Supervisor
+from devtools import stack
+from devtools.stack import Child, StackError, Supervisor
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,7 @@ import zlib
 import pytest
 from botocore.eventstream import ChecksumMismatch, EventStreamBuffer, EventStreamMessage
 
-from models_catalog.bedrock import eventstream
+from devtools import eventstream
 
 
 def parse_all(data: bytes, *, piece_size: int | None = None) -> list[EventStreamMessage]:
