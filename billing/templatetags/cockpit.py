@@ -1,4 +1,4 @@
-"""Template filters of the operators' cockpit: money, percentages and durations."""
+"""Template tags and filters of the operators' cockpit: money, percentages and durations."""
 
 from __future__ import annotations
 
@@ -29,6 +29,12 @@ def usd_amount(amount: Decimal | None) -> SafeString:
         money(amount),
         usd(amount),
     )
+
+
+@register.simple_tag
+def currency() -> str:
+    """The currency every amount is in (settings.MONEY_CURRENCY), for templates to name it."""
+    return settings.MONEY_CURRENCY
 
 
 @register.filter
