@@ -99,7 +99,7 @@ def enqueued(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     answer_ids: list[Any] = []
     lock = threading.Lock()
 
-    def record(*, message_id: Any, tenant_id: int) -> None:
+    def record(*, message_id: Any, tenant_id: int, **options: Any) -> None:
         with lock:
             answer_ids.append(message_id)
 

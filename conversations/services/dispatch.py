@@ -17,15 +17,18 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 import uuid
 from datetime import datetime, timedelta
 
+import redis
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from config.errors import ApplicationError
+from config.redis_client import get_redis
 from conversations.models import Message, MessageStatus
 
 logger = logging.getLogger(__name__)
@@ -35,6 +38,9 @@ WORKER_LOST_CODE = "worker_lost"
 # (plus as much again in jitter): long enough that a flooder's backlog costs the workers
 # little, short against an answer's length.
 DEFER_SECONDS = 2.0
+# Notes of deferred answers outlive any delayed task by far; a note left over when its
+# answer was claimed otherwise only costs one task that finds nothing to do.
+DEFERRED_NOTE_TTL_SECONDS = 3600
 # One sweep handles at most this many of each kind; the next sweep takes the rest.
 SWEEP_BATCH_SIZE = 500
 
@@ -44,13 +50,20 @@ def generation_queue(tenant_id: int) -> str:
 
 
 def generation_enqueue(
-    *, message_id: uuid.UUID | str, tenant_id: int, countdown: float | None = None
+    *,
+    message_id: uuid.UUID | str,
+    tenant_id: int,
+    countdown: float | None = None,
+    woken: bool = False,
 ) -> None:
     """Hand the answer's task to the broker (raises if the broker is away)."""
     from conversations.tasks import generate_answer
 
     generate_answer.apply_async(
-        args=[str(message_id)], queue=generation_queue(tenant_id), countdown=countdown
+        args=[str(message_id)],
+        kwargs={"woken": True} if woken else None,
+        queue=generation_queue(tenant_id),
+        countdown=countdown,
     )
 
 
@@ -99,10 +112,23 @@ def generation_queued_or_fail(answer: Message, refused: list[Exception]) -> None
     )
 
 
-def generation_defer(*, message_id: uuid.UUID, until_lease_lapses: bool = False) -> None:
+def deferred_key(tenant_id: int) -> str:
+    return f"generation:deferred:{tenant_id}"
+
+
+def generation_defer(
+    *, message_id: uuid.UUID, until_lease_lapses: bool = False, woken: bool = False
+) -> None:
     """Offer the answer's task again shortly: its tenant has its fair share running, or
     (`until_lease_lapses`) another attempt holds it, when the lease would have lapsed.
-    The broker away: the sweeper takes over."""
+    The broker away: the sweeper takes over.
+
+    An answer deferred for its tenant's share is also noted as waiting, so that the
+    tenant's next answer to end wakes it at once (`generation_wake_deferred`) instead of
+    leaving it to its delayed task. That task stays the guarantee (a wake-up is lost with
+    Redis, or with the race of the last running answer ending before the note): a woken
+    task that is deferred again only notes the answer again, so each answer keeps one
+    delayed task, never more."""
     answer = (
         Message.objects.filter(pk=message_id)
         .values("tenant_id", "status", "lease_expires_at")
@@ -116,10 +142,36 @@ def generation_defer(*, message_id: uuid.UUID, until_lease_lapses: bool = False)
         delay += max(0.0, (answer["lease_expires_at"] - now).total_seconds())
     else:
         Message.objects.filter(pk=message_id, status=MessageStatus.QUEUED).update(enqueued_at=now)
+        _deferred_note(message_id, answer["tenant_id"])
+        if woken:
+            return
     try:
         generation_enqueue(message_id=message_id, tenant_id=answer["tenant_id"], countdown=delay)
     except Exception as error:
         logger.warning("Could not defer answer %s: %s", message_id, error)
+
+
+def _deferred_note(message_id: uuid.UUID, tenant_id: int) -> None:
+    key = deferred_key(tenant_id)
+    try:
+        with get_redis().pipeline(transaction=False) as pipe:
+            pipe.zadd(key, {str(message_id): time.time()}, nx=True)
+            pipe.expire(key, DEFERRED_NOTE_TTL_SECONDS)
+            pipe.execute()
+    except redis.RedisError as error:  # its delayed task still offers it again
+        logger.warning("Could not note deferred answer %s: %s", message_id, error)
+
+
+def generation_wake_deferred(*, tenant_id: int) -> None:
+    """One of the tenant's answers ended: hand its longest-deferred answer to the broker
+    now (best effort: its delayed task is still on the way)."""
+    try:
+        popped = get_redis().zpopmin(deferred_key(tenant_id), 1)
+        if popped:
+            message_id = uuid.UUID(popped[0][0].decode())
+            generation_enqueue(message_id=message_id, tenant_id=tenant_id, woken=True)
+    except Exception as error:  # Redis or the broker away: the delayed task takes over
+        logger.warning("Could not wake a deferred answer of tenant %s: %s", tenant_id, error)
 
 
 def max_attempts() -> int:

@@ -37,6 +37,7 @@ from config.errors import NotFoundError
 from conversations import answer_stream
 from conversations.context import message_token_count
 from conversations.models import Message, MessageStatus, Tenant
+from conversations.services.dispatch import generation_wake_deferred
 from models_catalog.bedrock import client as bedrock
 from models_catalog.bedrock.errors import BedrockError
 
@@ -391,8 +392,14 @@ def generation_run(*, message_id: uuid.UUID) -> Outcome:
     claim = _claim(message_id)
     if isinstance(claim, Outcome):
         return claim
-    with _lease_renewer.holding(claim.message.pk, claim.attempt) as lease:
-        return _generate(claim, lease)
+    try:
+        with _lease_renewer.holding(claim.message.pk, claim.attempt) as lease:
+            return _generate(claim, lease)
+    finally:
+        if settings.GENERATION_TENANT_MAX_RUNNING > 0:
+            # Its running slot is free (or about to be, on a retry): the tenant's next
+            # deferred answer need not wait for its delayed task.
+            generation_wake_deferred(tenant_id=claim.message.tenant_id)
 
 
 def _generate(claim: _Claim, lease: _Lease) -> Outcome:

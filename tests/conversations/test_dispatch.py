@@ -7,6 +7,8 @@ tenant's queue list, which no worker consumes during these tests.
 
 from __future__ import annotations
 
+import base64
+import json
 from datetime import timedelta
 
 import kombu.exceptions
@@ -27,8 +29,9 @@ from conversations.services.conversations import (
     message_cancel,
     user_message_create,
 )
-from conversations.services.dispatch import generation_queue, generations_sweep
-from conversations.services.generation import Outcome, _claim
+from conversations.services.dispatch import deferred_key, generation_queue, generations_sweep
+from conversations.services.generation import Outcome, _claim, generation_run
+from conversations.tasks import generate_answer
 from tests.factories import make_tenant
 from tests.support.api import assert_error
 
@@ -49,6 +52,18 @@ def queued_answer(tenant) -> Message:
 
 def queue_length(tenant) -> int:
     return int(get_redis().llen(generation_queue(tenant.pk)))
+
+
+def tasks_of(answer: Message) -> list[tuple[dict, bool]]:
+    """The answer's tasks waiting in its tenant's queue: (their keyword arguments, whether
+    they are delayed), as the broker holds them (kombu's JSON message, Celery's body)."""
+    tasks = []
+    for raw in get_redis().lrange(generation_queue(answer.tenant_id), 0, -1):
+        message = json.loads(raw)
+        args, kwargs, _ = json.loads(base64.b64decode(message["body"]))
+        if args == [str(answer.pk)]:
+            tasks.append((kwargs, message["headers"].get("eta") is not None))
+    return tasks
 
 
 def test_a_queued_answer_whose_task_was_lost_is_handed_to_the_broker_again(tenant) -> None:
@@ -201,3 +216,26 @@ def test_a_turn_is_queued_on_its_tenants_queue_and_stamped(catalogue) -> None:
     answer.refresh_from_db()
     assert answer.enqueued_at is not None
     assert queue_length(tenant) == before + 1
+
+
+def test_an_answer_deferred_for_its_tenants_share_is_woken_when_one_of_its_answers_ends(
+    tenant, settings
+) -> None:
+    settings.GENERATION_TENANT_MAX_RUNNING = 1
+    running, waiting = queued_answer(tenant), queued_answer(tenant)
+    assert not isinstance(_claim(running.pk), Outcome)
+
+    assert generate_answer(str(waiting.pk)) == Outcome.DEFERRED
+    assert tasks_of(waiting) == [({}, True)]  # offered again in a few seconds, at the latest
+
+    # The running answer's worker died; its redelivered task takes it over and ends it.
+    Message.objects.filter(pk=running.pk).update(lease_expires_at=timezone.now())
+    assert generation_run(message_id=running.pk) == Outcome.COMPLETED
+    assert sorted(tasks_of(waiting), key=repr) == [({"woken": True}, False), ({}, True)]  # now
+    assert get_redis().zcard(deferred_key(tenant.pk)) == 0
+
+    # Woken while the share is taken again: noted again, and no second delayed task.
+    assert not isinstance(_claim(queued_answer(tenant).pk), Outcome)
+    assert generate_answer(str(waiting.pk), woken=True) == Outcome.DEFERRED
+    assert len(tasks_of(waiting)) == 2
+    assert get_redis().zscore(deferred_key(tenant.pk), str(waiting.pk)) is not None
