@@ -167,6 +167,7 @@ def start_our_stack(
     postgres_url: str | None,
     redis_url: str | None,
     django_debug: bool,
+    extra_environment: dict[str, str] | None = None,
 ) -> tuple[OurStack, list[str]]:
     """`python -m devtools.stack` on free ports, its Bedrock the shared stand-in; its log in
     `directory`, its SQLite file, demo key and beat schedule in `scratch`."""
@@ -189,6 +190,7 @@ def start_our_stack(
         environment["DATABASE_URL"] = stack.enter_context(database(postgres_url, scratch))
     if redis_url is not None:
         environment["REDIS_URL"] = redis_url
+    environment.update(extra_environment or {})
     # SIGTERM to the run command alone: it then stops its children in order itself.
     process = start_process(
         "our stack",

@@ -2,9 +2,9 @@
 
 `python -m devtools.stack` migrates, loads the model catalogue, makes sure the demo tenant has
 a key, then runs Redis (unless REDIS_URL is set), the local Bedrock-compatible server
-(unless BEDROCK_ENDPOINT_URL is set), a Celery worker, Celery beat and the ASGI web server
-until Ctrl-C or SIGTERM, and then stops every one of them. It is a laptop tool: production
-refuses it.
+(unless BEDROCK_ENDPOINT_URL is set), Celery workers (WORKER_PROCESSES, 1), Celery beat
+and the ASGI web server (WEB_PROCESSES processes, 1) until Ctrl-C or SIGTERM, and then stops
+every one of them. It is a laptop tool: production refuses it.
 
 It supervises its children: one that exits on its own is restarted after a short backoff
 (the embedded Redis on the same port, empty: the database is the record of truth), and only
@@ -17,6 +17,7 @@ import collections
 import contextlib
 import io
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -272,6 +273,21 @@ def _banner(base_url: str, api_key: str, environment: dict[str, str]) -> str:
     )
 
 
+def _process_count(variable: str) -> int:
+    value = os.environ.get(variable) or "1"
+    if not value.isdigit() or int(value) < 1:
+        raise StackError(
+            f"{variable} must be a whole number of processes, 1 or more; got {value!r}"
+        )
+    return int(value)
+
+
+def _empty_directory(path: Path) -> Path:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
 def run() -> int:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     base_dir = Path(__file__).resolve().parent.parent
@@ -284,6 +300,8 @@ def run() -> int:
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGINT, _raise_stop)
     try:
+        web_processes = _process_count("WEB_PROCESSES")
+        worker_processes = _process_count("WORKER_PROCESSES")
         if port_is_open(port, host):
             raise StackError(f"port {port} is already in use; set PORT to a free port")
         if not os.environ.get("REDIS_URL"):
@@ -304,6 +322,11 @@ def run() -> int:
             )
         django.setup()
         api_key = _bootstrap(base_dir)
+        if web_processes > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            # /metrics in any of them then counts the requests of all (config.metrics).
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(
+                _empty_directory(base_dir / "var" / "prometheus")
+            )
         environment = dict(os.environ)
         if not environment.get("BEDROCK_ENDPOINT_URL"):
             bedrock_port = environment.get("LOCAL_BEDROCK_PORT", "8001")
@@ -316,14 +339,16 @@ def run() -> int:
         # millisecond of every answer). Not the web server's: under ASGI each request's sync
         # code runs in a thread of its own. A PostgreSQL pool ignores it (config.settings).
         worker_environment = {"DATABASE_CONN_MAX_AGE": "300", **environment}
-        supervisor.start(
-            Child(
-                "celery worker",
-                [*celery, "worker", "--loglevel=INFO", "--pool=threads", "--concurrency=16",
-                 "--without-gossip", "--without-mingle"],
-                worker_environment,
-            )
-        )  # fmt: skip
+        for number in range(1, worker_processes + 1):
+            name = "celery worker" if worker_processes == 1 else f"celery worker {number}"
+            supervisor.start(
+                Child(
+                    name,
+                    [*celery, "worker", "--loglevel=INFO", "--pool=threads", "--concurrency=16",
+                     "--without-gossip", "--without-mingle", "-n", f"worker{number}@%h"],
+                    worker_environment,
+                )
+            )  # fmt: skip
         # Beat as a child of ours rather than inside the worker (--beat): the worker's own
         # child would outlive a worker killed with SIGKILL, and a second one would start
         # beside it with the new worker.
@@ -336,6 +361,8 @@ def run() -> int:
         )
         web_arguments = ["--host", host, "--port", str(port)]
         web_arguments += ["--no-access-log", "--timeout-graceful-shutdown", "5"]
+        if web_processes > 1:
+            web_arguments += ["--workers", str(web_processes)]
         supervisor.start(
             Child("web server", uvicorn_command(environment, web_arguments), environment)
         )

@@ -308,3 +308,48 @@ def test_every_other_child_killed_comes_back_and_the_api_answers_again(tmp_path:
     finally:
         stack.kill()
     assert_nothing_left_behind(seen_pids, tmp_path / "celerybeat-schedule", stack.output)
+
+
+def test_more_web_and_worker_processes_serve_together_and_stop_together(tmp_path: Path) -> None:
+    environment = stack_environment(tmp_path) | {"WEB_PROCESSES": "2", "WORKER_PROCESSES": "2"}
+    stack = RunningStack(environment, tmp_path / "stack.log")
+    try:
+        stack.wait_until_ready()
+        first, second = stack.pid_of("celery worker 1"), stack.pid_of("celery worker 2")
+        assert first != second
+        web_children = [
+            pid
+            for pid, (group, line) in running_processes().items()
+            if group == stack.pid_of("web server") and b"spawn_main" in line
+        ]
+        assert len(web_children) == 2, stack.output
+        for _ in range(3):
+            assert_an_answer_completes(stack, after="starting two of each")
+        # Both web processes count their requests into the one /metrics (multiprocess mode).
+        metrics = requests.get(f"{stack.base_url}/metrics", timeout=10).text
+        served = [line for line in metrics.splitlines() if line.startswith("http_requests_total")]
+        assert sum(float(line.rsplit(" ", 1)[1]) for line in served) >= 6, metrics
+        seen_pids = [*stack.pids(), *web_children]
+        assert stack.stop() == 0
+    finally:
+        stack.kill()
+    assert_nothing_left_behind(seen_pids, tmp_path / "celerybeat-schedule", stack.output)
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1"])
+def test_a_process_count_that_is_not_one_or_more_stops_the_stack_with_a_clear_error(
+    tmp_path: Path, value: str
+) -> None:
+    environment = stack_environment(tmp_path) | {"WEB_PROCESSES": value}
+    completed = subprocess.run(
+        [sys.executable, "-m", "devtools.stack"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 1
+    assert f"WEB_PROCESSES must be a whole number of processes, 1 or more; got {value!r}" in (
+        completed.stderr
+    )
