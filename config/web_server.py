@@ -1,8 +1,9 @@
 """The ASGI web server's command line, built in one place.
 
-The run command (devtools/stack.py), the Dockerfile, docker-compose.yml, the benchmarks and
-the tests all start uvicorn through `uvicorn_command` (or `python -m config.web_server`,
-which execs it), so they agree on who may name the client's address.
+The run command (devtools/stack.py), the Dockerfile, docker-compose.yml and the benchmarks
+start uvicorn through `uvicorn_command` (or `python -m config.web_server`, which execs it),
+so they agree on who may name the client's address; tests/security/test_web_server.py checks
+that command. (The e2e tests start uvicorn with its defaults, from loopback only.)
 
 uvicorn believes X-Forwarded-For and X-Forwarded-Proto from 127.0.0.1 unless told otherwise,
 so anything that reaches it over loopback (a sidecar, a local tunnel, the tests) could pick
