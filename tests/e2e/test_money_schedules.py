@@ -377,6 +377,10 @@ def _batches() -> list[range]:
     ]
 
 
+# What every batch of this run reached, for the coverage check at the last batch.
+_SEEN_SO_FAR: Counter[str] = Counter()
+
+
 @pytest.mark.parametrize("schedules", _batches(), ids=lambda r: f"{r.start}-{r.stop - 1}")
 def test_randomized_schedules_keep_the_books(
     schedules: range, web_server: str, threads_worker: ManagedProcess, catalogue: None
@@ -386,8 +390,15 @@ def test_randomized_schedules_keep_the_books(
     for index in schedules:
         problems += _run_schedule(index, web_server, seen)
     print(f"money schedules {schedules.start}-{schedules.stop - 1}, seed {BASE_SEED}: {dict(seen)}")
-    # The schedules must have reached the paths they exist for, or they prove nothing.
-    if len(schedules) >= BATCH_SIZE:
+    _SEEN_SO_FAR.update(seen)
+    _SEEN_SO_FAR["schedules"] += len(schedules)
+    # The schedules must have reached the paths they exist for, or they prove nothing. Over
+    # every batch run so far, checked at the last: one batch of 20 reaches a cancelled answer
+    # only about 4 times on average (most cancels land after the answer ended), too few to
+    # demand of each batch without failing now and then by chance.
+    if schedules.stop >= SCHEDULES and _SEEN_SO_FAR["schedules"] >= BATCH_SIZE:
         for outcome in ("answer completed", "answer cancelled", "POST 402"):
-            assert seen[outcome], f"no {outcome!r} in {len(schedules)} schedules: {dict(seen)}"
+            assert _SEEN_SO_FAR[outcome], (
+                f"no {outcome!r} in {_SEEN_SO_FAR['schedules']} schedules: {dict(_SEEN_SO_FAR)}"
+            )
     assert not problems, "\n".join(problems)
