@@ -390,6 +390,7 @@ def test_randomized_schedules_keep_the_books(
     for index in schedules:
         problems += _run_schedule(index, web_server, seen)
     print(f"money schedules {schedules.start}-{schedules.stop - 1}, seed {BASE_SEED}: {dict(seen)}")
+    assert not problems, "\n".join(problems)  # the books first: they are what this is for
     _SEEN_SO_FAR.update(seen)
     _SEEN_SO_FAR["schedules"] += len(schedules)
     # The schedules must have reached the paths they exist for, or they prove nothing. Over
@@ -401,4 +402,3 @@ def test_randomized_schedules_keep_the_books(
             assert _SEEN_SO_FAR[outcome], (
                 f"no {outcome!r} in {_SEEN_SO_FAR['schedules']} schedules: {dict(_SEEN_SO_FAR)}"
             )
-    assert not problems, "\n".join(problems)
