@@ -17,6 +17,7 @@ from django.test import override_settings
 from django.utils.decorators import sync_and_async_middleware
 
 from config.asgi_handler import OneHopASGIHandler
+from tests.support.asgi import http_scope
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -43,20 +44,7 @@ def recording_middleware(get_response: Any) -> Any:
 
 
 def get(handler: ASGIHandler, path: str, authorization: str = "") -> tuple[int, dict, bytes]:
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"testserver"), (b"authorization", authorization.encode())],
-        "client": ("127.0.0.1", 50000),
-        "server": ("testserver", 80),
-    }
+    scope = http_scope(path, "GET", (b"authorization", authorization.encode()))
     requests = [{"type": "http.request", "body": b"", "more_body": False}]
     sent: list[dict[str, Any]] = []
 

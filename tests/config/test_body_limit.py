@@ -13,6 +13,7 @@ from django.conf import settings as django_settings
 from django.core.handlers import asgi as django_asgi
 
 from config.asgi import application
+from tests.support import asgi
 
 CHUNK = 64 * 1024
 
@@ -34,20 +35,7 @@ def _recording_spool(monkeypatch) -> None:
 
 
 def http_scope(path: str, *headers: tuple[bytes, bytes]) -> dict[str, Any]:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"testserver"), (b"content-type", b"application/json"), *headers],
-        "client": ("127.0.0.1", 50000),
-        "server": ("testserver", 80),
-    }
+    return asgi.http_scope(path, "POST", (b"content-type", b"application/json"), *headers)
 
 
 def call(scope: dict[str, Any], chunks: int) -> tuple[int, list[dict[str, Any]]]:
