@@ -22,13 +22,16 @@ class ModelNotPricedError(ApplicationError):
     http_status = status.HTTP_503_SERVICE_UNAVAILABLE
 
 
-def price_in_force(*, model: FoundationModel, at: datetime) -> ModelPrice:
+def price_in_force(*, model: FoundationModel | int, at: datetime) -> ModelPrice:
+    """The model's (or model pk's: no read of the model itself) price in force at `at`."""
     price = (
         ModelPrice.objects.filter(model=model, effective_from__lte=at)
         .order_by("-effective_from")
         .first()
     )
     if price is None:
+        if not isinstance(model, FoundationModel):
+            model = FoundationModel.objects.get(pk=model)
         raise ModelNotPricedError(
             f"{model.model_id} has no price in force, so its cost cannot be governed; "
             "an operator must set one."

@@ -11,13 +11,14 @@ cannot deadlock).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Count, Q, QuerySet, Sum
 from django.utils import timezone
 from rest_framework import status
@@ -99,11 +100,43 @@ def _ledger_sum(budget: Budget, end_user_id: Any, since: datetime) -> Decimal:
     return rows.aggregate(total=Sum("cost"))["total"] or ZERO
 
 
+@dataclass(frozen=True)
+class OpenReservations:
+    amount: Decimal
+    count: int
+
+
+def _open_reservations(limit: Budget | Quota, end_user_id: Any) -> OpenReservations:
+    """What the answers in progress hold against a budget or quota: one read for both."""
+    totals = Reservation.objects.filter(
+        _usage_filter(limit, end_user_id), status=ReservationStatus.OPEN
+    ).aggregate(amount=Sum("amount"), count=Count("pk"))
+    return OpenReservations(totals["amount"] or ZERO, totals["count"])
+
+
 def _open_reserved(budget: Budget, end_user_id: Any) -> Decimal:
-    reservations = Reservation.objects.filter(
-        _usage_filter(budget, end_user_id), status=ReservationStatus.OPEN
-    )
-    return reservations.aggregate(total=Sum("amount"))["total"] or ZERO
+    return _open_reservations(budget, end_user_id).amount
+
+
+def _nothing_reserved(budget: Budget, end_user_id: Any) -> Decimal:
+    return ZERO
+
+
+class _OpenReservationsOnce:
+    """Per call: budgets and quotas that count the same reservations (the common case: all
+    tenant-wide) share one read."""
+
+    def __init__(self) -> None:
+        self._read: dict[Q, OpenReservations] = {}
+
+    def __call__(self, limit: Budget | Quota, end_user_id: Any) -> OpenReservations:
+        condition = _usage_filter(limit, end_user_id)
+        if condition not in self._read:
+            self._read[condition] = _open_reservations(limit, end_user_id)
+        return self._read[condition]
+
+    def amount(self, budget: Budget, end_user_id: Any) -> Decimal:
+        return self(budget, end_user_id).amount
 
 
 @dataclass(frozen=True)
@@ -126,12 +159,15 @@ def budget_state(
     time_zone: str = "UTC",
     now: datetime | None = None,
     locked: bool = False,
+    open_reserved: Callable[[Budget, Any], Decimal] = _open_reserved,
 ) -> BudgetState:
     """Spend and open reservations in the current period.
 
     When a new period has begun, the spend starts again from the ledger; with `locked`
     (the caller holds the budget's row lock) the counter is rolled over in the row too.
     Readers without the lock never write, so they cannot overwrite a settlement's count.
+    `open_reserved`: how the open reservations are read (shared with the quotas' count, or
+    not at all where only the spend matters).
     """
     now = now or timezone.now()
     start, end = period_bounds(budget.period, now, time_zone)
@@ -147,7 +183,7 @@ def budget_state(
         else:
             spent = budget.spent_amount
     has_bucket = not (budget.per_end_user and end_user_id is None)
-    reserved = _open_reserved(budget, end_user_id) if has_bucket else ZERO
+    reserved = open_reserved(budget, end_user_id) if has_bucket else ZERO
     return BudgetState(budget, start, end, spent, reserved)
 
 
@@ -174,14 +210,15 @@ def _refuse_over_budget(state: BudgetState, amount: Decimal) -> None:
     )
 
 
-def _refuse_over_concurrency(quotas: list[Quota], end_user_id: Any) -> None:
+def _refuse_over_concurrency(
+    quotas: list[Quota],
+    end_user_id: Any,
+    open_reservations: Callable[[Quota, Any], OpenReservations] = _open_reservations,
+) -> None:
     for quota in quotas:
         if quota.max_concurrent is None:
             continue
-        open_reservations = Reservation.objects.filter(
-            _usage_filter(quota, end_user_id), status=ReservationStatus.OPEN
-        )
-        in_progress = open_reservations.aggregate(count=Count("pk"))["count"]
+        in_progress = open_reservations(quota, end_user_id).count
         if in_progress >= quota.max_concurrent:
             raise QuotaExceededError(
                 f"{in_progress} answers are already in progress; the quota allows "
@@ -257,13 +294,19 @@ def reservation_create(
     )
     budgets = list(budgets_for_call(scope).select_for_update().order_by("pk"))
     quotas = list(quotas_for_call(scope).select_for_update().order_by("pk"))
+    open_reservations = _OpenReservationsOnce()
     for budget in budgets:
         state = budget_state(
-            budget, end_user_id=scope.end_user_id, time_zone=scope.time_zone, now=now, locked=True
+            budget,
+            end_user_id=scope.end_user_id,
+            time_zone=scope.time_zone,
+            now=now,
+            locked=True,
+            open_reserved=open_reservations.amount,
         )
         if budget.is_hard and state.spent + state.reserved + amount > budget.limit_amount:
             _refuse_over_budget(state, amount)
-    _refuse_over_concurrency(quotas, scope.end_user_id)
+    _refuse_over_concurrency(quotas, scope.end_user_id, open_reservations)
 
     worst_case_tokens = call.prompt_tokens + call.max_gen_len
     clock = rate_limits.now_seconds()
@@ -421,8 +464,16 @@ def reservation_settle(
     )
     budgets = list(budgets_for_call(scope).select_for_update().order_by("pk"))
     # Roll periods over before the new ledger row exists, so it is counted exactly once.
+    # Alerts look at the spend only: the open reservations are not read.
     states = [
-        budget_state(b, end_user_id=scope.end_user_id, time_zone=time_zone, now=now, locked=True)
+        budget_state(
+            b,
+            end_user_id=scope.end_user_id,
+            time_zone=time_zone,
+            now=now,
+            locked=True,
+            open_reserved=_nothing_reserved,
+        )
         for b in budgets
     ]
     cost = token_cost(
@@ -547,32 +598,35 @@ def provider_attempt_record(
     if reservation is None:
         return None
     now = timezone.now()
-    price = price_in_force(model=reservation.model, at=now)
-    attempt_row, created = ProviderAttempt.objects.get_or_create(
-        message_id=message_id,
-        attempt=attempt,
-        defaults={
-            "tenant_id": reservation.tenant_id,
-            "conversation_id": reservation.conversation_id,
-            "model_id": reservation.model_id,
-            "outcome": outcome,
-            "error_code": error_code[:64],
-            "input_tokens": input_tokens,
-            "output_tokens": output_tokens,
-            "counts_reported": counts_reported,
-            "input_price_per_million": price.input_price_per_million,
-            "output_price_per_million": price.output_price_per_million,
-            "cost": token_cost(
+    price = price_in_force(model=reservation.model_id, at=now)
+    try:
+        # Inserted first (a savepoint, not a read before): a second record of the same
+        # attempt is the rare case, and the unique (message, attempt) catches it.
+        with transaction.atomic():
+            attempt_row = ProviderAttempt.objects.create(
+                message_id=message_id,
+                attempt=attempt,
+                tenant_id=reservation.tenant_id,
+                conversation_id=reservation.conversation_id,
+                model_id=reservation.model_id,
+                outcome=outcome,
+                error_code=error_code[:64],
                 input_tokens=input_tokens,
                 output_tokens=output_tokens,
-                input_price=price.input_price_per_million,
-                output_price=price.output_price_per_million,
-            ),
-            "created_at": now,
-        },
-    )
-    if created:
-        daily_provider_cost_add(attempt=attempt_row)  # last: locks the day's rollup row
+                counts_reported=counts_reported,
+                input_price_per_million=price.input_price_per_million,
+                output_price_per_million=price.output_price_per_million,
+                cost=token_cost(
+                    input_tokens=input_tokens,
+                    output_tokens=output_tokens,
+                    input_price=price.input_price_per_million,
+                    output_price=price.output_price_per_million,
+                ),
+                created_at=now,
+            )
+    except IntegrityError:
+        return ProviderAttempt.objects.get(message_id=message_id, attempt=attempt)
+    daily_provider_cost_add(attempt=attempt_row)  # last: locks the day's rollup row
     return attempt_row
 
 

@@ -251,7 +251,8 @@ class ConversationMessagesApi(ConversationScopedView):
 def _turn_body(message: Message, answer: Message, context: Any) -> dict[str, Any]:
     return {
         "user_message": MessageOutputSerializer(message).data,
-        "assistant_message": MessageOutputSerializer(answer).data,
+        # Queued in this request: nothing can be settled for it yet (no ledger read).
+        "assistant_message": MessageOutputSerializer(answer, context={"usage_by_message": {}}).data,
         "context": context_describe(context, include_prompt=False),
         "stream_url": reverse("message-stream", kwargs={"message_id": answer.pk}),
     }

@@ -134,6 +134,10 @@ class MessageStatus(models.TextChoices):
     CANCELLED = "cancelled", "Cancelled"
 
 
+IN_PROGRESS = (MessageStatus.QUEUED, MessageStatus.RUNNING)
+"""An answer not final yet: a worker will still store it (or fail it)."""
+
+
 class Message(models.Model):
     """One turn. History is append-only: content is written once, when it is final."""
 

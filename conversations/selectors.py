@@ -13,7 +13,7 @@ def conversation_list(
     # Ephemeral conversations hold OpenAI-surface calls without `conversation`: the tenant
     # stored nothing there, so they never show (their ledger entries do).
     conversations = Conversation.objects.filter(tenant=tenant, ephemeral=False).select_related(
-        "model", "end_user"
+        "model", "end_user", "tenant"
     )
     if end_user_external_id is not None:
         conversations = conversations.filter(end_user__external_id=end_user_external_id)

@@ -157,6 +157,7 @@ def _stateless_call_create(*, tenant: Tenant, chat: ChatCompletionRequest) -> Me
             sequence=1,
             role=MessageRole.ASSISTANT,
             status=MessageStatus.QUEUED,
+            enqueued_at=timezone.now(),
             max_gen_len=max_gen_len,
             temperature=temperature,
             top_p=top_p,

@@ -22,6 +22,7 @@ from billing.services import (
 from config.errors import ApplicationError, NotFoundError
 from conversations.context import BuiltContext, context_build, message_token_count
 from conversations.models import (
+    IN_PROGRESS,
     Conversation,
     Message,
     MessageRole,
@@ -38,7 +39,6 @@ from models_catalog.models import FoundationModel
 from models_catalog.selectors import foundation_model_get_active
 
 UNSET: Any = object()
-IN_PROGRESS = (MessageStatus.QUEUED, MessageStatus.RUNNING)
 
 
 class InvalidInputError(ApplicationError):
@@ -301,6 +301,7 @@ def user_message_create(
             sequence=locked.last_sequence,
             role=MessageRole.ASSISTANT,
             status=MessageStatus.QUEUED,
+            enqueued_at=timezone.now(),
             max_gen_len=parameters.max_gen_len,
             temperature=parameters.temperature,
             top_p=parameters.top_p,

@@ -68,11 +68,12 @@ def generation_enqueue(
 
 
 def generation_enqueue_on_commit(answer: Message) -> list[Exception]:
-    """Inside the transaction that stores a queued answer: stamp it, and hand its task to
-    the broker once the transaction commits. Returns where a broker refusal is collected,
-    for `generation_queued_or_fail` after the transaction."""
-    answer.enqueued_at = timezone.now()
-    Message.objects.filter(pk=answer.pk).update(enqueued_at=answer.enqueued_at)
+    """Inside the transaction that stores a queued answer (created with `enqueued_at`
+    stamped, for the sweeper): hand its task to the broker once the transaction commits.
+    Returns where a broker refusal is collected, for `generation_queued_or_fail` after the
+    transaction."""
+    if answer.enqueued_at is None:
+        raise ValueError("A queued answer is stored with enqueued_at, for the sweeper.")
     refused: list[Exception] = []
 
     def enqueue() -> None:

@@ -36,14 +36,13 @@ from config.backoff import Jitter, backoff_delay_seconds
 from config.errors import NotFoundError
 from conversations import answer_stream
 from conversations.context import message_token_count
-from conversations.models import Message, MessageStatus, Tenant
+from conversations.models import IN_PROGRESS, Message, MessageStatus, Tenant
 from conversations.services.dispatch import generation_wake_deferred
 from models_catalog.bedrock import client as bedrock
 from models_catalog.bedrock.errors import BedrockError
 
 logger = logging.getLogger(__name__)
 
-IN_PROGRESS = (MessageStatus.QUEUED, MessageStatus.RUNNING)
 # After a failed publish, how long the stream is left alone before the next try.
 STREAM_RETRY_SECONDS = 1.0
 
