@@ -4,10 +4,12 @@ attempt (again after Redis was away, and with the final event), not with every d
 
 from __future__ import annotations
 
+import io
 import uuid
 from unittest import mock
 
 import pytest
+from django.core.management import call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
@@ -149,3 +151,44 @@ def test_the_reservation_lock_joins_no_other_table(answer: Message) -> None:
         assert reservation_lock(message_id=answer.pk) is not None
     [query] = queries
     assert "JOIN" not in query["sql"].upper(), query["sql"]
+
+
+def test_a_turn_and_its_answer_read_and_write_each_row_they_need_once(
+    owner_client, owner_tenant
+) -> None:
+    """The hot path's statements (benchmarks/peer_compare.py --profile: query building is
+    the largest share of our CPU): under a budget and a quota, the POST reads the open
+    reservations once for both, writes the answer once and reads no ledger; the worker
+    reads no model row and no provider row before recording the attempt."""
+    call_command("set_budget", "--tenant", owner_tenant.slug, "--period", "month",
+                 "--limit", "1000", "--hard", stdout=io.StringIO())  # fmt: skip
+    call_command("set_quota", "--tenant", owner_tenant.slug, "--rpm", "1000",
+                 "--concurrency", "100", stdout=io.StringIO())  # fmt: skip
+    conversation = owner_client.post(
+        "/api/v1/conversations", {"model": LLAMA3}, format="json"
+    ).json()
+    with CaptureQueriesContext(connection) as web:
+        response = owner_client.post(
+            f"/api/v1/conversations/{conversation['id']}/messages",
+            {"content": "What is 2 + 2?"},
+            format="json",
+        )
+    assert response.status_code == 202, response.content
+    statements = [query["sql"] for query in web]
+    open_reads = [sql for sql in statements if 'FROM "billing_reservation"' in sql]
+    assert len(open_reads) == 1, open_reads
+    assert not [sql for sql in statements if sql.startswith('UPDATE "conversations_message"')]
+    assert not [sql for sql in statements if sql.startswith('SELECT "billing_usagerecord"."id"')]
+    assert not [sql for sql in statements if 'FROM "conversations_tenant"' in sql]
+    answer_id = response.json()["assistant_message"]["id"]
+    assert Message.objects.get(pk=answer_id).enqueued_at is not None  # for the sweeper
+
+    with CaptureQueriesContext(connection) as worker:
+        assert generation_run(message_id=uuid.UUID(answer_id)) == Outcome.COMPLETED
+
+    statements = [query["sql"] for query in worker]
+    assert not [sql for sql in statements if 'FROM "models_catalog_foundationmodel"' in sql]
+    assert not [sql for sql in statements if 'FROM "billing_providerattempt"' in sql]
+    assert [sql for sql in statements if sql.startswith('INSERT INTO "billing_providerattempt"')]
+    # The settlement reads the budget's spend, not the open reservations.
+    assert len([sql for sql in statements if 'FROM "billing_reservation"' in sql]) == 2
