@@ -32,11 +32,11 @@ from conversations.services.generation import (
 )
 def generate_answer(self: Task, message_id: str, woken: bool = False) -> str:
     try:
-        outcome = generation_run(message_id=uuid.UUID(message_id))
+        outcome = generation_run(message_id=uuid.UUID(message_id), woken=woken)
         if outcome == Outcome.DEFERRED:
-            # Its tenant has its fair share running: back of its tenant's queue, shortly,
-            # or as soon as one of its answers ends. (`woken`: this task is that wake-up.)
-            generation_defer(message_id=uuid.UUID(message_id), woken=woken)
+            # Its tenant has its fair share running: it waits for one of its tenant's
+            # answers to end.
+            generation_defer(message_id=uuid.UUID(message_id))
         elif outcome == Outcome.HELD:
             # Another attempt's lease is live (a duplicate, or a dead worker's): once it
             # lapses this task may take the answer over; while it is renewed, it may not.

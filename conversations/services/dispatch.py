@@ -6,6 +6,9 @@ running in the database reaches a final state on its own:
 - each answer's task goes to its tenant's queue (`generation.<tenant id mod shards>`), and
   workers serve the queues round-robin (kombu's Redis transport rotates them), so a tenant
   with hundreds queued does not stand in front of another tenant's next answer;
+- a tenant has at most GENERATION_TENANT_MAX_RUNNING answers running; the rest wait in the
+  database, first come first served, and each of its answers that ends hands the tenant's
+  longest-waiting answer to the broker (`generation_defer`, `generation_wake_next`);
 - the sweeper (Celery beat, every GENERATION_SWEEP_SECONDS) hands a queued answer to the
   broker again when no worker claimed it within GENERATION_REQUEUE_AFTER_SECONDS (its task
   was lost with Redis, or never reached it), and takes back a running answer whose lease
@@ -17,30 +20,23 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 import uuid
 from datetime import datetime, timedelta
 
-import redis
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from config.errors import ApplicationError
-from config.redis_client import get_redis
 from conversations.models import Message, MessageStatus
 
 logger = logging.getLogger(__name__)
 
 WORKER_LOST_CODE = "worker_lost"
-# How long an answer deferred by its tenant's cap waits before its task is offered again
-# (plus as much again in jitter): long enough that a flooder's backlog costs the workers
-# little, short against an answer's length.
+# A task that found another attempt's live lease comes back this long after the lease
+# would have lapsed (plus as much again in jitter).
 DEFER_SECONDS = 2.0
-# Notes of deferred answers outlive any delayed task by far; a note left over when its
-# answer was claimed otherwise only costs one task that finds nothing to do.
-DEFERRED_NOTE_TTL_SECONDS = 3600
 # One sweep handles at most this many of each kind; the next sweep takes the rest.
 SWEEP_BATCH_SIZE = 500
 
@@ -113,23 +109,39 @@ def generation_queued_or_fail(answer: Message, refused: list[Exception]) -> None
     )
 
 
-def deferred_key(tenant_id: int) -> str:
-    return f"generation:deferred:{tenant_id}"
+def answers_running(tenant_id: int, now: datetime) -> QuerySet[Message]:
+    """The tenant's answers a live worker holds: its running slots taken."""
+    return Message.objects.filter(
+        tenant_id=tenant_id, status=MessageStatus.RUNNING, lease_expires_at__gte=now
+    )
 
 
-def generation_defer(
-    *, message_id: uuid.UUID, until_lease_lapses: bool = False, woken: bool = False
-) -> None:
-    """Offer the answer's task again shortly: its tenant has its fair share running, or
-    (`until_lease_lapses`) another attempt holds it, when the lease would have lapsed.
-    The broker away: the sweeper takes over.
+def answers_waiting(tenant_id: int, now: datetime) -> QuerySet[Message]:
+    """The tenant's queued answers a worker may take now (not those waiting out a retry's
+    backoff)."""
+    return Message.objects.filter(tenant_id=tenant_id, status=MessageStatus.QUEUED).filter(
+        Q(enqueued_at__isnull=True) | Q(enqueued_at__lte=now)
+    )
 
-    An answer deferred for its tenant's share is also noted as waiting, so that the
-    tenant's next answer to end wakes it at once (`generation_wake_deferred`) instead of
-    leaving it to its delayed task. That task stays the guarantee (a wake-up is lost with
-    Redis, or with the race of the last running answer ending before the note): a woken
-    task that is deferred again only notes the answer again, so each answer keeps one
-    delayed task, never more."""
+
+def generation_defer(*, message_id: uuid.UUID, until_lease_lapses: bool = False) -> None:
+    """The answer's task could not take it now.
+
+    `until_lease_lapses`: another attempt holds it (a duplicate delivery, or a dead
+    worker's lease): its task is offered again when that lease would have lapsed.
+
+    Otherwise its tenant has its share of running slots taken, by running answers or by
+    answers waiting since before it (first come, first served). It waits in the database,
+    queued, with no task of its own: each of the tenant's answers that ends hands its slot
+    to the longest-waiting one (`generation_wake_next`), this one in its turn. It is stamped
+    for the sweeper, which offers it again should it wait GENERATION_REQUEUE_AFTER_SECONDS
+    (a wake-up lost with Redis, or a slot freed by a failure no worker saw).
+    """
+    if not until_lease_lapses:
+        Message.objects.filter(pk=message_id, status=MessageStatus.QUEUED).update(
+            enqueued_at=timezone.now()
+        )
+        return
     answer = (
         Message.objects.filter(pk=message_id)
         .values("tenant_id", "status", "lease_expires_at")
@@ -137,42 +149,29 @@ def generation_defer(
     )
     if answer is None or answer["status"] not in (MessageStatus.QUEUED, MessageStatus.RUNNING):
         return
-    now = timezone.now()
     delay = DEFER_SECONDS * (1 + random.random())  # noqa: S311 - jitter
-    if until_lease_lapses and answer["lease_expires_at"] is not None:
-        delay += max(0.0, (answer["lease_expires_at"] - now).total_seconds())
-    else:
-        Message.objects.filter(pk=message_id, status=MessageStatus.QUEUED).update(enqueued_at=now)
-        _deferred_note(message_id, answer["tenant_id"])
-        if woken:
-            return
+    if answer["lease_expires_at"] is not None:
+        delay += max(0.0, (answer["lease_expires_at"] - timezone.now()).total_seconds())
     try:
         generation_enqueue(message_id=message_id, tenant_id=answer["tenant_id"], countdown=delay)
     except Exception as error:
         logger.warning("Could not defer answer %s: %s", message_id, error)
 
 
-def _deferred_note(message_id: uuid.UUID, tenant_id: int) -> None:
-    key = deferred_key(tenant_id)
+def generation_wake_next(*, tenant_id: int) -> None:
+    """A running slot of the tenant came free: hand its longest-waiting answer to the broker
+    now (best effort: the sweeper offers a forgotten answer again)."""
     try:
-        with get_redis().pipeline(transaction=False) as pipe:
-            pipe.zadd(key, {str(message_id): time.time()}, nx=True)
-            pipe.expire(key, DEFERRED_NOTE_TTL_SECONDS)
-            pipe.execute()
-    except redis.RedisError as error:  # its delayed task still offers it again
-        logger.warning("Could not note deferred answer %s: %s", message_id, error)
-
-
-def generation_wake_deferred(*, tenant_id: int) -> None:
-    """One of the tenant's answers ended: hand its longest-deferred answer to the broker
-    now (best effort: its delayed task is still on the way)."""
-    try:
-        popped = get_redis().zpopmin(deferred_key(tenant_id), 1)
-        if popped:
-            message_id = uuid.UUID(popped[0][0].decode())
-            generation_enqueue(message_id=message_id, tenant_id=tenant_id, woken=True)
-    except Exception as error:  # Redis or the broker away: the delayed task takes over
-        logger.warning("Could not wake a deferred answer of tenant %s: %s", tenant_id, error)
+        oldest = (
+            answers_waiting(tenant_id, timezone.now())
+            .order_by("created_at")
+            .values_list("pk", flat=True)
+            .first()
+        )
+        if oldest is not None:
+            generation_enqueue(message_id=oldest, tenant_id=tenant_id, woken=True)
+    except Exception as error:  # the database or the broker away: the sweeper takes over
+        logger.warning("Could not wake a waiting answer of tenant %s: %s", tenant_id, error)
 
 
 def max_attempts() -> int:

@@ -37,7 +37,11 @@ from config.errors import NotFoundError
 from conversations import answer_stream
 from conversations.context import message_token_count
 from conversations.models import IN_PROGRESS, Message, MessageStatus, Tenant
-from conversations.services.dispatch import generation_wake_deferred
+from conversations.services.dispatch import (
+    answers_running,
+    answers_waiting,
+    generation_wake_next,
+)
 from models_catalog.bedrock import client as bedrock
 from models_catalog.bedrock.errors import BedrockError
 
@@ -66,14 +70,18 @@ def _lease_until() -> datetime:
     return timezone.now() + timedelta(seconds=settings.GENERATION_LEASE_SECONDS)
 
 
-def _tenant_has_its_share_running(tenant_id: int, message_id: uuid.UUID) -> bool:
+def _tenant_has_its_share_taken(message: Message) -> bool:
+    """The tenant's running answers, and its answers waiting since before this one (first
+    come, first served), fill its share of running slots."""
     cap = settings.GENERATION_TENANT_MAX_RUNNING
     if cap <= 0:
         return False
-    running = Message.objects.filter(
-        tenant_id=tenant_id, status=MessageStatus.RUNNING, lease_expires_at__gte=timezone.now()
-    ).exclude(pk=message_id)
-    return running.count() >= cap
+    now = timezone.now()
+    older_waiting = answers_waiting(message.tenant_id, now).filter(
+        created_at__lt=message.created_at
+    )
+    ahead = (answers_running(message.tenant_id, now) | older_waiting).exclude(pk=message.pk)
+    return ahead[:cap].count() >= cap
 
 
 def _claim(message_id: uuid.UUID) -> _Claim | Outcome:
@@ -110,7 +118,7 @@ def _claim(message_id: uuid.UUID) -> _Claim | Outcome:
             # concurrent claims cannot all pass the cap together. (SQLite has no row locks:
             # its IMMEDIATE transaction already holds the one write lock.)
             Tenant.objects.select_for_update().filter(pk=message.tenant_id).exists()
-        if _tenant_has_its_share_running(message.tenant_id, message_id):
+        if _tenant_has_its_share_taken(message):
             return Outcome.DEFERRED
         # Conditional on the attempt count read above, so the copy in hand is the claimed
         # row (no second read): another claim in between makes this one a no-op.
@@ -382,13 +390,29 @@ def _cancel_requested(message_id: uuid.UUID) -> bool:
     return Message.objects.filter(pk=message_id, cancel_requested_at__isnull=False).exists()
 
 
-def generation_run(*, message_id: uuid.UUID) -> Outcome:
+def generation_claim(*, message_id: uuid.UUID, woken: bool = False) -> _Claim | Outcome:
+    """Take the answer for this attempt, or say why not. A woken task whose answer another
+    task took meanwhile hands the free slot to the tenant's next waiting answer."""
+    claim = _claim(message_id)
+    if woken and claim in (Outcome.SKIPPED, Outcome.HELD):
+        tenant_ids = Message.objects.filter(pk=message_id).values_list("tenant_id", flat=True)
+        for tenant_id in tenant_ids:
+            generation_wake_next(tenant_id=tenant_id)
+        return Outcome.SKIPPED  # the answer is another task's: nothing to defer
+    return claim
+
+
+def generation_run(*, message_id: uuid.UUID, woken: bool = False) -> Outcome:
     """Generate one answer by sending the call its reservation froze.
+
+    `woken`: this task was handed a free running slot of the tenant (`generation_wake_next`).
+    If another task took the answer meanwhile (two slots came free before either task ran),
+    the slot goes to the tenant's next waiting answer.
 
     Raises BedrockError for the task to retry or fail; the failed attempt is in the
     provider ledger by then, at the counts Bedrock reported before it failed.
     """
-    claim = _claim(message_id)
+    claim = generation_claim(message_id=message_id, woken=woken)
     if isinstance(claim, Outcome):
         return claim
     try:
@@ -396,9 +420,9 @@ def generation_run(*, message_id: uuid.UUID) -> Outcome:
             return _generate(claim, lease)
     finally:
         if settings.GENERATION_TENANT_MAX_RUNNING > 0:
-            # Its running slot is free (or about to be, on a retry): the tenant's next
-            # deferred answer need not wait for its delayed task.
-            generation_wake_deferred(tenant_id=claim.message.tenant_id)
+            # Its running slot is free (or about to be, on a retry): the tenant's
+            # longest-waiting answer takes it.
+            generation_wake_next(tenant_id=claim.message.tenant_id)
 
 
 def _generate(claim: _Claim, lease: _Lease) -> Outcome:

@@ -29,7 +29,7 @@ from conversations.services.conversations import (
     message_cancel,
     user_message_create,
 )
-from conversations.services.dispatch import deferred_key, generation_queue, generations_sweep
+from conversations.services.dispatch import generation_queue, generations_sweep
 from conversations.services.generation import Outcome, _claim, generation_run
 from conversations.tasks import generate_answer
 from tests.factories import make_tenant
@@ -218,26 +218,26 @@ def test_a_turn_is_queued_on_its_tenants_queue_and_stamped(catalogue) -> None:
     assert queue_length(tenant) == before + 1
 
 
-def test_an_answer_deferred_for_its_tenants_share_is_woken_when_one_of_its_answers_ends(
+def test_an_answer_waiting_for_its_tenants_share_is_woken_when_one_of_its_answers_ends(
     tenant, settings
 ) -> None:
     settings.GENERATION_TENANT_MAX_RUNNING = 1
-    # Redis outlives the test database: an earlier run's tenant of the same id left notes.
-    get_redis().delete(deferred_key(tenant.pk))
     running, waiting = queued_answer(tenant), queued_answer(tenant)
     assert not isinstance(_claim(running.pk), Outcome)
 
     assert generate_answer(str(waiting.pk)) == Outcome.DEFERRED
-    assert tasks_of(waiting) == [({}, True)]  # offered again in a few seconds, at the latest
+    assert tasks_of(waiting) == []  # it waits in the database, with no task of its own
+    assert Message.objects.get(pk=waiting.pk).enqueued_at is not None  # for the sweeper
 
     # The running answer's worker died; its redelivered task takes it over and ends it.
     Message.objects.filter(pk=running.pk).update(lease_expires_at=timezone.now())
     assert generation_run(message_id=running.pk) == Outcome.COMPLETED
-    assert sorted(tasks_of(waiting), key=repr) == [({"woken": True}, False), ({}, True)]  # now
-    assert get_redis().zcard(deferred_key(tenant.pk)) == 0
+    assert tasks_of(waiting) == [({"woken": True}, False)]  # now, not delayed
 
-    # Woken while the share is taken again: noted again, and no second delayed task.
-    assert not isinstance(_claim(queued_answer(tenant).pk), Outcome)
+    # Woken while the share is taken again (a redelivered answer took the slot first): it
+    # waits again, and no task is added.
+    Message.objects.filter(pk=queued_answer(tenant).pk).update(
+        status=MessageStatus.RUNNING, lease_expires_at=timezone.now() + timedelta(minutes=1)
+    )
     assert generate_answer(str(waiting.pk), woken=True) == Outcome.DEFERRED
-    assert len(tasks_of(waiting)) == 2
-    assert get_redis().zscore(deferred_key(tenant.pk), str(waiting.pk)) is not None
+    assert tasks_of(waiting) == [({"woken": True}, False)]
