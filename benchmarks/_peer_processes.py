@@ -110,18 +110,18 @@ class OurStack:
         return found
 
     def task_counts(self) -> tuple[int, int]:
-        """Generation tasks the worker has received so far, and how many of them came with a
-        countdown: an answer deferred because its tenant had its fair share running
-        (GENERATION_TENANT_MAX_RUNNING), offered again seconds later."""
-        received = deferred = 0
+        """Generation tasks the worker has received so far, and how many of them were
+        wake-ups: an answer that waited because its tenant had its fair share running
+        (GENERATION_TENANT_MAX_RUNNING), handed a slot when one of its answers ended."""
+        received = woken = 0
         for line in self.process.log().splitlines():
             if "generate_answer[" not in line or "received" not in line:
                 continue
             received += 1
             with contextlib.suppress(ValueError, KeyError, TypeError):
-                if json.loads(line)["data"]["eta"] is not None:
-                    deferred += 1
-        return received, deferred
+                if "woken" in str(json.loads(line)["data"]["kwargs"]):
+                    woken += 1
+        return received, woken
 
     def restarts(self) -> list[str]:
         return [line for line in self.process.log().splitlines() if "Restarted" in line]

@@ -28,10 +28,10 @@ load and blur the figure by the poll interval.
 A monitor thread samples once a second, outside the clients: answers queued and running per
 tenant (from the database; a cheap count on the partial index of unfinished answers), the
 length of A's and B's Redis queues, and the messages the worker holds unacknowledged (kombu's
-``unacked`` hash: prefetched, running, and deferred tasks waiting for their countdown).
+``unacked`` hash: prefetched and running tasks, and countdowns of retries).
 The worker's log gives the answer tasks that ended in each phase by outcome: ``deferred``
-counts the times a task found its tenant at GENERATION_TENANT_MAX_RUNNING and was offered
-again 1-2 s later. The report ends with the ratio of B's TTFT p50 during each flood to its
+counts the times a task found its tenant at GENERATION_TENANT_MAX_RUNNING (the answer then
+waits in the database until one of its tenant's answers ends and wakes it). The report ends with the ratio of B's TTFT p50 during each flood to its
 quiet value, against the aim (at most 2, and no error for B).
 """
 
@@ -789,7 +789,7 @@ def print_neighbour_report(
         "queue wait: B's POST sent -> the local Bedrock server receives the answer's call (the "
         "claim to running is just before it; includes the POST). Sampled rows: once a second "
         "during B's phase, from the database (running, queued) and Redis (queue length, "
-        "unacked: prefetched, running and deferred tasks the worker holds). A's requests: "
+        "unacked: prefetched and running tasks, and retry countdowns, the worker holds). A's requests: "
         "from its first POST to its stop (ramp included). CPU: during the whole phase."
     )
     quiet = phases[0]

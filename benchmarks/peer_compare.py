@@ -37,8 +37,8 @@ so the noise of this shared 2-core machine hits every system alike):
    ``--cpu-answers`` non-streaming answers from ``--cpu-clients`` clients (4: under our
    tenant's running cap of 8, so it is the answer's own path), less what the system burns
    idle over the same time. The stand-in and the clients are not counted. Phases 3 and 4
-   are metered the same way, and the report says how many of our generation tasks were
-   deferred by the tenant's running cap (GENERATION_TENANT_MAX_RUNNING) meanwhile.
+   are metered the same way, and the report says how many of our answers waited for a
+   running slot of the tenant's share (GENERATION_TENANT_MAX_RUNNING) meanwhile.
 
 ``--profile`` measures something else: py-spy on our web server and worker while one client
 sends ``--profile-answers`` sync answers (native, then /v1/), and where their CPU goes
@@ -351,9 +351,9 @@ class CpuResult:
     client: float = 0.0
     inline_creations: int = 0
     tasks: int = 0
-    """Ours: generation tasks the worker received (deferred ones again each time)."""
-    deferred: int = 0
-    """Ours: of those, tasks put back with a countdown (the tenant's running cap)."""
+    """Ours: generation tasks the worker received (a waiting answer's wake-up too)."""
+    woken: int = 0
+    """Ours: of those, wake-ups of answers that waited for the tenant's share."""
 
     def per_answer(self) -> float | None:
         if not self.answers or not self.by_role:
@@ -404,7 +404,7 @@ class Meter:
         if ours:
             tasks_after = self.systems.ours.task_counts()
             into.tasks += tasks_after[0] - tasks_before[0]
-            into.deferred += tasks_after[1] - tasks_before[1]
+            into.woken += tasks_after[1] - tasks_before[1]
         return loop
 
 
@@ -651,10 +651,10 @@ def print_report(
             ("phase 5", results.cpu),
         ):
             result = by_system[system]
-            if result.deferred:
+            if result.woken:
                 print(
-                    f"{LABELS[system]}, {phase}: {result.deferred} of {result.tasks} generation "
-                    "tasks were deferred, offered again seconds later (the tenant had "
+                    f"{LABELS[system]}, {phase}: {result.woken} of {result.tasks} generation "
+                    "tasks were wake-ups of answers that waited for a slot (the tenant had "
                     "GENERATION_TENANT_MAX_RUNNING answers running)."
                 )
     for phase, clients, by_system in (
