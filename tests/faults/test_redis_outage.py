@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from conversations.models import Message, MessageStatus
 from devtools.embedded_redis import EmbeddedRedis
 from devtools.local_bedrock import LocalBedrockServer
 from devtools.processes import ManagedProcess, free_port
@@ -82,7 +83,12 @@ def test_worker_outlives_a_redis_outage_with_answers_in_flight(
         worker = start_threads_worker(bedrock, redis_server.url, concurrency=4)
         processes.append(worker)
         in_flight = send_turns(private_api, 2, label="Outage")
-        wait_for(lambda: worker.log().count("generate_answer[") >= 2, timeout=30)
+        # Both claimed (a task received but not started yet is another case: CI's busy
+        # machine once took Redis away before the second claim, and the task went with it).
+        running = Message.objects.filter(
+            pk__in=[turn.answer_id for turn in in_flight], status=MessageStatus.RUNNING
+        )
+        wait_for(lambda: running.count() == 2, timeout=30)
         time.sleep(0.5)  # both are streaming now
 
         waiting_conversation = private_api.new_conversation()
