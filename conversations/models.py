@@ -170,6 +170,10 @@ class Message(models.Model):
     # When its task was last handed to the broker: a queued answer not claimed long after
     # was lost with the broker (or never enqueued) and is handed over again.
     enqueued_at = models.DateTimeField(null=True, blank=True)
+    # Set while a queued answer waits, with no task of its own, for a running slot of its
+    # tenant's share; the wake-up that hands it a slot clears it, so that two slots coming
+    # free wake two answers, and answers whose task is still on its way are not woken.
+    waiting_for_slot_since = models.DateTimeField(null=True, blank=True)
     error_code = models.CharField(max_length=64, blank=True)
     error_message = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

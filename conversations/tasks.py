@@ -35,8 +35,8 @@ def generate_answer(self: Task, message_id: str, woken: bool = False) -> str:
         outcome = generation_run(message_id=uuid.UUID(message_id), woken=woken)
         if outcome == Outcome.DEFERRED:
             # Its tenant has its fair share running: it waits for one of its tenant's
-            # answers to end.
-            generation_defer(message_id=uuid.UUID(message_id))
+            # answers to end. (`woken`: this task was such a wake-up.)
+            generation_defer(message_id=uuid.UUID(message_id), woken=woken)
         elif outcome == Outcome.HELD:
             # Another attempt's lease is live (a duplicate, or a dead worker's): once it
             # lapses this task may take the answer over; while it is renewed, it may not.

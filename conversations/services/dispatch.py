@@ -37,6 +37,8 @@ WORKER_LOST_CODE = "worker_lost"
 # A task that found another attempt's live lease comes back this long after the lease
 # would have lapsed (plus as much again in jitter).
 DEFER_SECONDS = 2.0
+# A wake-up whose oldest waiting answer another wake-up took tries the next, this often.
+WAKE_ATTEMPTS = 3
 # One sweep handles at most this many of each kind; the next sweep takes the rest.
 SWEEP_BATCH_SIZE = 500
 
@@ -116,7 +118,7 @@ def answers_running(tenant_id: int, now: datetime) -> QuerySet[Message]:
     )
 
 
-def answers_waiting(tenant_id: int, now: datetime) -> QuerySet[Message]:
+def answers_queued(tenant_id: int, now: datetime) -> QuerySet[Message]:
     """The tenant's queued answers a worker may take now (not those waiting out a retry's
     backoff)."""
     return Message.objects.filter(tenant_id=tenant_id, status=MessageStatus.QUEUED).filter(
@@ -124,24 +126,24 @@ def answers_waiting(tenant_id: int, now: datetime) -> QuerySet[Message]:
     )
 
 
-def generation_defer(*, message_id: uuid.UUID, until_lease_lapses: bool = False) -> None:
+def generation_defer(
+    *, message_id: uuid.UUID, until_lease_lapses: bool = False, woken: bool = False
+) -> None:
     """The answer's task could not take it now.
 
     `until_lease_lapses`: another attempt holds it (a duplicate delivery, or a dead
     worker's lease): its task is offered again when that lease would have lapsed.
 
     Otherwise its tenant has its share of running slots taken, by running answers or by
-    answers waiting since before it (first come, first served). It waits in the database,
-    queued, with no task of its own: each of the tenant's answers that ends hands its slot
-    to the longest-waiting one (`generation_wake_next`), this one in its turn. It is stamped
-    for the sweeper, which offers it again should it wait GENERATION_REQUEUE_AFTER_SECONDS
-    (a wake-up lost with Redis, or a slot freed by a failure no worker saw).
+    answers queued since before it (first come, first served). The claim marked it waiting
+    for a slot, with no task of its own: each of the tenant's answers that ends hands its
+    slot to the longest-waiting one (`generation_wake_next`), this one in its turn. A slot
+    that came free between the claim's count and the mark woke nobody, so a fresh task's
+    deferral looks once more for a slot neither running nor promised (a woken task's does
+    not: the slot it was handed went to an answer queued before it, whose own task is on
+    its way). Should a wake-up be lost with
+    Redis, the sweeper offers the answer again after GENERATION_REQUEUE_AFTER_SECONDS.
     """
-    if not until_lease_lapses:
-        Message.objects.filter(pk=message_id, status=MessageStatus.QUEUED).update(
-            enqueued_at=timezone.now()
-        )
-        return
     answer = (
         Message.objects.filter(pk=message_id)
         .values("tenant_id", "status", "lease_expires_at")
@@ -149,27 +151,54 @@ def generation_defer(*, message_id: uuid.UUID, until_lease_lapses: bool = False)
     )
     if answer is None or answer["status"] not in (MessageStatus.QUEUED, MessageStatus.RUNNING):
         return
+    now = timezone.now()
+    tenant_id = answer["tenant_id"]
+    if not until_lease_lapses:
+        if not woken and _a_slot_is_unpromised(tenant_id, message_id, now):
+            generation_wake_next(tenant_id=tenant_id)
+        return
     delay = DEFER_SECONDS * (1 + random.random())  # noqa: S311 - jitter
     if answer["lease_expires_at"] is not None:
-        delay += max(0.0, (answer["lease_expires_at"] - timezone.now()).total_seconds())
+        delay += max(0.0, (answer["lease_expires_at"] - now).total_seconds())
     try:
-        generation_enqueue(message_id=message_id, tenant_id=answer["tenant_id"], countdown=delay)
+        generation_enqueue(message_id=message_id, tenant_id=tenant_id, countdown=delay)
     except Exception as error:
         logger.warning("Could not defer answer %s: %s", message_id, error)
 
 
+def _a_slot_is_unpromised(tenant_id: int, message_id: uuid.UUID, now: datetime) -> bool:
+    """Fewer than the tenant's share are running or on their way to a worker (a woken
+    answer, or one whose task has not reached a worker yet)."""
+    cap = settings.GENERATION_TENANT_MAX_RUNNING
+    on_their_way = answers_queued(tenant_id, now).filter(waiting_for_slot_since__isnull=True)
+    taken = (answers_running(tenant_id, now) | on_their_way).exclude(pk=message_id)
+    return taken[:cap].count() < cap
+
+
+def generation_wait_for_slot(message_id: uuid.UUID) -> None:
+    """Inside the claim that found the tenant's share taken: mark the answer waiting (and
+    stamped for the sweeper), in the same transaction as the count that decided it."""
+    now = timezone.now()
+    Message.objects.filter(pk=message_id, status=MessageStatus.QUEUED).update(
+        waiting_for_slot_since=now, enqueued_at=now
+    )
+
+
 def generation_wake_next(*, tenant_id: int) -> None:
     """A running slot of the tenant came free: hand its longest-waiting answer to the broker
-    now (best effort: the sweeper offers a forgotten answer again)."""
+    now (best effort: the sweeper offers a forgotten answer again). Taking an answer's mark
+    is conditional, so concurrent wake-ups hand out different answers."""
     try:
-        oldest = (
-            answers_waiting(tenant_id, timezone.now())
-            .order_by("created_at")
-            .values_list("pk", flat=True)
-            .first()
+        waiting = Message.objects.filter(
+            tenant_id=tenant_id, status=MessageStatus.QUEUED, waiting_for_slot_since__isnull=False
         )
-        if oldest is not None:
-            generation_enqueue(message_id=oldest, tenant_id=tenant_id, woken=True)
+        for _ in range(WAKE_ATTEMPTS):
+            oldest = waiting.order_by("created_at").values_list("pk", flat=True).first()
+            if oldest is None:
+                return
+            if waiting.filter(pk=oldest).update(waiting_for_slot_since=None):
+                generation_enqueue(message_id=oldest, tenant_id=tenant_id, woken=True)
+                return
     except Exception as error:  # the database or the broker away: the sweeper takes over
         logger.warning("Could not wake a waiting answer of tenant %s: %s", tenant_id, error)
 

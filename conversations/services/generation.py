@@ -38,8 +38,9 @@ from conversations import answer_stream
 from conversations.context import message_token_count
 from conversations.models import IN_PROGRESS, Message, MessageStatus, Tenant
 from conversations.services.dispatch import (
+    answers_queued,
     answers_running,
-    answers_waiting,
+    generation_wait_for_slot,
     generation_wake_next,
 )
 from models_catalog.bedrock import client as bedrock
@@ -71,16 +72,14 @@ def _lease_until() -> datetime:
 
 
 def _tenant_has_its_share_taken(message: Message) -> bool:
-    """The tenant's running answers, and its answers waiting since before this one (first
-    come, first served), fill its share of running slots."""
+    """The tenant's running answers, and its answers queued before this one (first come,
+    first served: waiting for a slot, or their task on its way), fill its share."""
     cap = settings.GENERATION_TENANT_MAX_RUNNING
     if cap <= 0:
         return False
     now = timezone.now()
-    older_waiting = answers_waiting(message.tenant_id, now).filter(
-        created_at__lt=message.created_at
-    )
-    ahead = (answers_running(message.tenant_id, now) | older_waiting).exclude(pk=message.pk)
+    queued_before = answers_queued(message.tenant_id, now).filter(created_at__lt=message.created_at)
+    ahead = (answers_running(message.tenant_id, now) | queued_before).exclude(pk=message.pk)
     return ahead[:cap].count() >= cap
 
 
@@ -109,6 +108,7 @@ def _claim(message_id: uuid.UUID) -> _Claim | Outcome:
         # The lease runs from when the write lock is held (SQLite waits for it at BEGIN).
         claimed_fields = {
             "status": MessageStatus.RUNNING,
+            "waiting_for_slot_since": None,
             "attempt_count": message.attempt_count + 1,
             "lease_expires_at": _lease_until(),
             "updated_at": now,
@@ -119,6 +119,7 @@ def _claim(message_id: uuid.UUID) -> _Claim | Outcome:
             # its IMMEDIATE transaction already holds the one write lock.)
             Tenant.objects.select_for_update().filter(pk=message.tenant_id).exists()
         if _tenant_has_its_share_taken(message):
+            generation_wait_for_slot(message_id)
             return Outcome.DEFERRED
         # Conditional on the attempt count read above, so the copy in hand is the claimed
         # row (no second read): another claim in between makes this one a no-op.

@@ -16,6 +16,7 @@ import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
+from unittest import mock
 
 import pytest
 from django.test import override_settings
@@ -26,11 +27,13 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 
 from config.redis_client import get_redis
 from conversations.models import Message, MessageStatus, Tenant
+from conversations.services import generation
 from conversations.services.conversations import conversation_create, user_message_create
 from conversations.services.dispatch import (
     generation_defer,
     generation_enqueue,
     generation_queue,
+    generation_wait_for_slot,
     generation_wake_next,
 )
 from conversations.services.generation import Outcome, generation_claim
@@ -68,16 +71,31 @@ def tasks_in_queue(tenant: Tenant, answers: set[uuid.UUID]) -> list[Task]:
     return found
 
 
-def deliver(tenant: Tenant, task: Task) -> Outcome | None:
+def deliver(tenant: Tenant, task: Task, *, paused: list[Task] | None = None) -> Outcome | None:
     """A worker takes the task off the queue and does what `generate_answer` does with it
-    (None: claimed, now running)."""
+    (None: claimed, now running). `paused`: a claim that finds the share taken stalls
+    after its count, before its transaction commits (the mark it writes is not seen until
+    then: PostgreSQL's window, where another answer can end meanwhile), to be resumed
+    later (`resume`)."""
     get_redis().lrem(generation_queue(tenant.pk), 1, task.raw)
-    claim = generation_claim(message_id=task.message_id, woken=task.woken)
-    if claim == Outcome.DEFERRED:
-        generation_defer(message_id=task.message_id)
+    if paused is None:
+        claim = generation_claim(message_id=task.message_id, woken=task.woken)
+    else:
+        with mock.patch.object(generation, "generation_wait_for_slot", return_value=None):
+            claim = generation_claim(message_id=task.message_id, woken=task.woken)
+    if claim == Outcome.DEFERRED and paused is not None:
+        paused.append(task)
+    elif claim == Outcome.DEFERRED:
+        generation_defer(message_id=task.message_id, woken=task.woken)
     elif claim == Outcome.HELD:
         generation_defer(message_id=task.message_id, until_lease_lapses=True)
     return claim if isinstance(claim, Outcome) else None
+
+
+def resume(task: Task) -> None:
+    """The stalled claim commits its mark; its task then defers as `generate_answer` does."""
+    generation_wait_for_slot(task.message_id)
+    generation_defer(message_id=task.message_id, woken=task.woken)
 
 
 def end(tenant: Tenant, message_id: uuid.UUID) -> None:
@@ -114,28 +132,69 @@ def test_a_freed_slot_goes_to_the_oldest_waiting_answer_not_the_newest_task() ->
     assert Message.objects.get(pk=newer.pk).status == MessageStatus.QUEUED
 
 
+@override_settings(GENERATION_TENANT_MAX_RUNNING=1)
+def test_a_slot_freed_between_a_claims_count_and_its_deferral_is_not_lost() -> None:
+    tenant = make_tenant("race")
+    running, waiting = new_answer(tenant), new_answer(tenant)
+    assert deliver(tenant, tasks_in_queue(tenant, {running.pk})[0]) is None
+    paused: list[Task] = []
+    assert deliver(tenant, tasks_in_queue(tenant, {waiting.pk})[0], paused=paused) == (
+        Outcome.DEFERRED
+    )
+    end(tenant, running.pk)  # its wake-up finds no answer marked waiting yet
+    assert tasks_in_queue(tenant, {waiting.pk}) == []
+
+    resume(paused[0])
+    [wake] = tasks_in_queue(tenant, {waiting.pk})
+    assert wake.woken
+    assert deliver(tenant, wake) is None
+
+
 @override_settings(GENERATION_TENANT_MAX_RUNNING=2)
-def test_a_slot_whose_wake_up_finds_its_answer_taken_goes_to_the_next_answer() -> None:
-    tenant = make_tenant("double-wake")
+def test_two_slots_coming_free_at_once_wake_two_answers() -> None:
+    tenant = make_tenant("two-slots")
     first, second = new_answer(tenant), new_answer(tenant)
     for task in tasks_in_queue(tenant, {first.pk, second.pk}):
         assert deliver(tenant, task) is None
-    waiting = [new_answer(tenant) for _ in range(2)]
+    waiting = [new_answer(tenant) for _ in range(3)]
     ids = {answer.pk for answer in waiting}
     for task in tasks_in_queue(tenant, ids):
         assert deliver(tenant, task) == Outcome.DEFERRED
 
-    # Both running answers end before either wake-up is delivered: both wake the oldest.
+    # Both running answers end before either wake-up is delivered.
     end(tenant, first.pk)
     end(tenant, second.pk)
     wakes = tasks_in_queue(tenant, ids)
-    assert [task.message_id for task in wakes] == [waiting[0].pk, waiting[0].pk]
-    assert deliver(tenant, wakes[0]) is None
-    assert deliver(tenant, wakes[1]) == Outcome.SKIPPED  # and it passes its slot on
-    [passed_on] = tasks_in_queue(tenant, ids)
-    assert (passed_on.message_id, passed_on.woken) == (waiting[1].pk, True)
-    assert deliver(tenant, passed_on) is None
+    assert [(task.message_id, task.woken) for task in wakes] == [
+        (waiting[0].pk, True),
+        (waiting[1].pk, True),
+    ]
+    for task in wakes:
+        assert deliver(tenant, task) is None
     assert running_now(tenant) == 2
+
+
+@override_settings(GENERATION_TENANT_MAX_RUNNING=1)
+def test_a_wake_up_whose_answer_another_task_took_hands_the_slot_on() -> None:
+    tenant = make_tenant("passed-on")
+    running = new_answer(tenant)
+    assert deliver(tenant, tasks_in_queue(tenant, {running.pk})[0]) is None
+    waiting = [new_answer(tenant) for _ in range(2)]
+    ids = {answer.pk for answer in waiting}
+    for task in tasks_in_queue(tenant, ids):
+        assert deliver(tenant, task) == Outcome.DEFERRED
+    # The sweeper offered the first again (it had waited long), as the slot came free.
+    generation_enqueue(message_id=waiting[0].pk, tenant_id=tenant.pk)
+    end(tenant, running.pk)
+    swept, wake = tasks_in_queue(tenant, ids)
+    assert (swept.woken, wake.woken) == (False, True)
+
+    assert deliver(tenant, swept) is None
+    end(tenant, waiting[0].pk)  # its slot goes to the second answer
+    [second_wake] = [task for task in tasks_in_queue(tenant, ids) if task != wake]
+    assert second_wake.message_id == waiting[1].pk
+    assert deliver(tenant, wake) == Outcome.SKIPPED  # the first is done: nothing to pass on
+    assert deliver(tenant, second_wake) is None
 
 
 @override_settings(GENERATION_TENANT_MAX_RUNNING=1)
@@ -164,8 +223,9 @@ class Ledger:
 
 
 class FairShareSchedules(RuleBasedStateMachine):
-    """Answers arrive, tasks are delivered in any order, running answers end in any order,
-    stray wake-ups come (another answer of the tenant ending elsewhere): the share holds,
+    """Answers arrive, tasks are delivered in any order (a claim that finds the share taken
+    may stall before it commits), running answers end in any order, stray wake-ups
+    come (another answer of the tenant ending elsewhere): the share holds,
     nobody is overtaken by more than the share, and once the deliveries run out every
     answer has been run, with no timer and no sweeper."""
 
@@ -174,17 +234,18 @@ class FairShareSchedules(RuleBasedStateMachine):
         self.cap = 2
         self.tenant = make_tenant(f"schedules-{next(_tenants)}")
         self.seen = Ledger()
+        self.paused: list[Task] = []
 
     def _tasks(self) -> list[Task]:
         return tasks_in_queue(self.tenant, set(self.seen.created))
 
-    def _deliver(self, task: Task) -> None:
+    def _deliver(self, task: Task, *, pause: bool = False) -> None:
         unclaimed_older = [
             pk
             for pk in self.seen.created[: self.seen.created.index(task.message_id)]
             if pk not in self.seen.claimed
         ]
-        if deliver(self.tenant, task) is None:
+        if deliver(self.tenant, task, paused=self.paused if pause else None) is None:
             assert task.message_id not in self.seen.claimed, "an answer claimed twice"
             # First come, first served: only answers within the share may be overtaken.
             assert len(unclaimed_older) < self.cap, (task.message_id, unclaimed_older)
@@ -196,11 +257,16 @@ class FairShareSchedules(RuleBasedStateMachine):
         if len(self.seen.created) < 12:
             self.seen.created.append(new_answer(self.tenant).pk)
 
-    @rule(pick=st.integers(min_value=0, max_value=50))
-    def a_worker_takes_a_task(self, pick: int) -> None:
+    @rule(pick=st.integers(min_value=0, max_value=50), pause=st.booleans())
+    def a_worker_takes_a_task(self, pick: int, pause: bool) -> None:
         tasks = self._tasks()
         if tasks:
-            self._deliver(tasks[pick % len(tasks)])
+            self._deliver(tasks[pick % len(tasks)], pause=pause)
+
+    @rule(pick=st.integers(min_value=0, max_value=50))
+    def a_paused_worker_defers(self, pick: int) -> None:
+        if self.paused:
+            resume(self.paused.pop(pick % len(self.paused)))
 
     @rule(pick=st.integers(min_value=0, max_value=50))
     def a_running_answer_ends(self, pick: int) -> None:
@@ -219,6 +285,8 @@ class FairShareSchedules(RuleBasedStateMachine):
         # End what runs, deliver what is queued, until nothing is left to do. (Running
         # answers end first: a duplicate task of a running answer comes back until it ends,
         # as its lease-lapse countdown would.)
+        while self.paused:
+            resume(self.paused.pop())
         for _ in range(200):
             if self.seen.running:
                 end(self.tenant, self.seen.running.pop(0))
