@@ -223,7 +223,8 @@ class ConversationMessagesApi(ConversationScopedView):
         mode = serializer.validated_data.pop("mode")
         if key is None:
             turn = user_message_create(conversation=conversation, **serializer.validated_data)
-            body = _turn_body(turn.message, turn.answer, turn.context)
+            # A sync response shows the answer as the wait leaves it, never as queued.
+            body = _turn_body(turn.message, turn.answer, turn.context, queued=mode != "sync")
             return _turn_response(body, turn.answer, mode)
 
         def send() -> tuple[Message, Decision]:
@@ -248,11 +249,17 @@ class ConversationMessagesApi(ConversationScopedView):
         return _turn_replay(record, mode)
 
 
-def _turn_body(message: Message, answer: Message, context: Any) -> dict[str, Any]:
+def _turn_body(
+    message: Message, answer: Message, context: Any, *, queued: bool = True
+) -> dict[str, Any]:
+    """The turn as stored; the answer as queued, or (not `queued`) a place for it."""
+    # Queued in this request: nothing can be settled for it yet (no ledger read).
+    no_usage = {"usage_by_message": {}}
     return {
         "user_message": MessageOutputSerializer(message).data,
-        # Queued in this request: nothing can be settled for it yet (no ledger read).
-        "assistant_message": MessageOutputSerializer(answer, context={"usage_by_message": {}}).data,
+        "assistant_message": MessageOutputSerializer(answer, context=no_usage).data
+        if queued
+        else None,
         "context": context_describe(context, include_prompt=False),
         "stream_url": reverse("message-stream", kwargs={"message_id": answer.pk}),
     }
