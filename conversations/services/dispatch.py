@@ -126,6 +126,13 @@ def answers_queued(tenant_id: int, now: datetime) -> QuerySet[Message]:
     )
 
 
+def answers_waiting_for_slot(tenant_id: int) -> QuerySet[Message]:
+    """The tenant's answers waiting, with no task of their own, to be woken (`generation_defer`)."""
+    return Message.objects.filter(
+        tenant_id=tenant_id, status=MessageStatus.QUEUED, waiting_for_slot_since__isnull=False
+    )
+
+
 def generation_defer(
     *, message_id: uuid.UUID, until_lease_lapses: bool = False, woken: bool = False
 ) -> None:
@@ -135,14 +142,14 @@ def generation_defer(
     worker's lease): its task is offered again when that lease would have lapsed.
 
     Otherwise its tenant has its share of running slots taken, by running answers or by
-    answers queued since before it (first come, first served). The claim marked it waiting
+    answers waiting since before it (first come, first served). The claim marked it waiting
     for a slot, with no task of its own: each of the tenant's answers that ends hands its
     slot to the longest-waiting one (`generation_wake_next`), this one in its turn. A slot
     that came free between the claim's count and the mark woke nobody, so a fresh task's
     deferral looks once more for a slot neither running nor promised (a woken task's does
-    not: the slot it was handed went to an answer queued before it, whose own task is on
-    its way). Should a wake-up be lost with
-    Redis, the sweeper offers the answer again after GENERATION_REQUEUE_AFTER_SECONDS.
+    not: the slot it was handed went to another answer meanwhile, and it is woken again,
+    first, when the next one ends). Should a wake-up be lost with Redis, the sweeper offers
+    the answer again after GENERATION_REQUEUE_AFTER_SECONDS.
     """
     answer = (
         Message.objects.filter(pk=message_id)
@@ -189,9 +196,7 @@ def generation_wake_next(*, tenant_id: int) -> None:
     now (best effort: the sweeper offers a forgotten answer again). Taking an answer's mark
     is conditional, so concurrent wake-ups hand out different answers."""
     try:
-        waiting = Message.objects.filter(
-            tenant_id=tenant_id, status=MessageStatus.QUEUED, waiting_for_slot_since__isnull=False
-        )
+        waiting = answers_waiting_for_slot(tenant_id)
         for _ in range(WAKE_ATTEMPTS):
             oldest = waiting.order_by("created_at").values_list("pk", flat=True).first()
             if oldest is None:

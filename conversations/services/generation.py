@@ -38,8 +38,8 @@ from conversations import answer_stream
 from conversations.context import message_token_count
 from conversations.models import IN_PROGRESS, Message, MessageStatus, Tenant
 from conversations.services.dispatch import (
-    answers_queued,
     answers_running,
+    answers_waiting_for_slot,
     generation_wait_for_slot,
     generation_wake_next,
 )
@@ -72,14 +72,19 @@ def _lease_until() -> datetime:
 
 
 def _tenant_has_its_share_taken(message: Message) -> bool:
-    """The tenant's running answers, and its answers queued before this one (first come,
-    first served: waiting for a slot, or their task on its way), fill its share."""
+    """The tenant's running answers, and its answers that have waited for a slot since
+    before this one came (first come, first served: a fresh task does not overtake them),
+    fill its share. Answers whose task is still on its way are not counted: the broker's
+    queue already serves them in order, and counting them would defer work that has a slot
+    (each deferral costs a wake-up task)."""
     cap = settings.GENERATION_TENANT_MAX_RUNNING
     if cap <= 0:
         return False
     now = timezone.now()
-    queued_before = answers_queued(message.tenant_id, now).filter(created_at__lt=message.created_at)
-    ahead = (answers_running(message.tenant_id, now) | queued_before).exclude(pk=message.pk)
+    waiting_before = answers_waiting_for_slot(message.tenant_id).filter(
+        created_at__lt=message.created_at
+    )
+    ahead = (answers_running(message.tenant_id, now) | waiting_before).exclude(pk=message.pk)
     return ahead[:cap].count() >= cap
 
 

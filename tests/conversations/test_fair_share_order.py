@@ -1,6 +1,6 @@
 """A tenant's answers beyond its share of running slots wait first come, first served, and
 every slot that comes free goes to the longest-waiting one: no answer waits for a timer,
-none is overtaken by more than its share, and none is stranded.
+no fresh task overtakes an answer left waiting, and none is stranded.
 
 The claims, deferrals and wake-ups are the real services against the real database and
 broker (Redis: a task is an entry in its tenant's queue list, taken off it to deliver it);
@@ -219,6 +219,8 @@ class Ledger:
 
     created: list[uuid.UUID] = field(default_factory=list)
     claimed: list[uuid.UUID] = field(default_factory=list)
+    deferred: set[uuid.UUID] = field(default_factory=set)
+    """Answers left waiting for a slot (their deferral committed) at some point."""
     running: list[uuid.UUID] = field(default_factory=list)
 
 
@@ -240,17 +242,25 @@ class FairShareSchedules(RuleBasedStateMachine):
         return tasks_in_queue(self.tenant, set(self.seen.created))
 
     def _deliver(self, task: Task, *, pause: bool = False) -> None:
-        unclaimed_older = [
+        woken_on_their_way = {queued.message_id for queued in self._tasks() if queued.woken}
+        waiting_older = [
             pk
             for pk in self.seen.created[: self.seen.created.index(task.message_id)]
-            if pk not in self.seen.claimed
+            if pk in self.seen.deferred
+            and pk not in self.seen.claimed
+            and pk not in woken_on_their_way
         ]
-        if deliver(self.tenant, task, paused=self.paused if pause else None) is None:
+        running_before = len(self.seen.running)
+        outcome = deliver(self.tenant, task, paused=self.paused if pause else None)
+        if outcome is None:
             assert task.message_id not in self.seen.claimed, "an answer claimed twice"
-            # First come, first served: only answers within the share may be overtaken.
-            assert len(unclaimed_older) < self.cap, (task.message_id, unclaimed_older)
+            # First come, first served: a task takes a slot only if the running answers and
+            # the answers left waiting before it came leave one.
+            assert running_before + len(waiting_older) < self.cap, (task, waiting_older)
             self.seen.claimed.append(task.message_id)
             self.seen.running.append(task.message_id)
+        elif outcome == Outcome.DEFERRED and not pause:
+            self.seen.deferred.add(task.message_id)
 
     @rule()
     def an_answer_arrives(self) -> None:
@@ -266,7 +276,9 @@ class FairShareSchedules(RuleBasedStateMachine):
     @rule(pick=st.integers(min_value=0, max_value=50))
     def a_paused_worker_defers(self, pick: int) -> None:
         if self.paused:
-            resume(self.paused.pop(pick % len(self.paused)))
+            task = self.paused.pop(pick % len(self.paused))
+            resume(task)
+            self.seen.deferred.add(task.message_id)
 
     @rule(pick=st.integers(min_value=0, max_value=50))
     def a_running_answer_ends(self, pick: int) -> None:
