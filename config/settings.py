@@ -215,7 +215,8 @@ GENERATION_SWEEP_SECONDS = env.float("GENERATION_SWEEP_SECONDS", default=10.0)
 GENERATION_REQUEUE_AFTER_SECONDS = env.float("GENERATION_REQUEUE_AFTER_SECONDS", default=30.0)
 # Fair share: each tenant's answers go to one of these queues (tenant id modulo the count),
 # which workers serve round-robin; and a tenant has at most this many answers running at
-# once across all workers (0: no cap), so one tenant's backlog is not everyone's queue.
+# once across all workers (0: no cap), so one tenant's backlog is not everyone's queue. The
+# rest wait in the database, first come first served, woken as the tenant's answers end.
 GENERATION_QUEUE_SHARDS = env.int("GENERATION_QUEUE_SHARDS", default=16)
 GENERATION_TENANT_MAX_RUNNING = env.int("GENERATION_TENANT_MAX_RUNNING", default=8)
 # And in each web process, at most this many of a tenant's API requests are worked on at once
