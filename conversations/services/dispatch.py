@@ -29,7 +29,7 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from config.errors import ApplicationError
-from conversations.models import Message, MessageStatus
+from conversations.models import IN_PROGRESS, Message, MessageStatus
 
 logger = logging.getLogger(__name__)
 
@@ -151,19 +151,23 @@ def generation_defer(
     first, when the next one ends). Should a wake-up be lost with Redis, the sweeper offers
     the answer again after GENERATION_REQUEUE_AFTER_SECONDS.
     """
+    if not until_lease_lapses:
+        if woken:
+            return
+        queued = Message.objects.filter(pk=message_id, status=MessageStatus.QUEUED)
+        for tenant_id in queued.values_list("tenant_id", flat=True):
+            if _a_slot_is_unpromised(tenant_id, message_id, timezone.now()):
+                generation_wake_next(tenant_id=tenant_id)
+        return
     answer = (
-        Message.objects.filter(pk=message_id)
-        .values("tenant_id", "status", "lease_expires_at")
+        Message.objects.filter(pk=message_id, status__in=IN_PROGRESS)
+        .values("tenant_id", "lease_expires_at")
         .first()
     )
-    if answer is None or answer["status"] not in (MessageStatus.QUEUED, MessageStatus.RUNNING):
+    if answer is None:
         return
     now = timezone.now()
     tenant_id = answer["tenant_id"]
-    if not until_lease_lapses:
-        if not woken and _a_slot_is_unpromised(tenant_id, message_id, now):
-            generation_wake_next(tenant_id=tenant_id)
-        return
     delay = DEFER_SECONDS * (1 + random.random())  # noqa: S311 - jitter
     if answer["lease_expires_at"] is not None:
         delay += max(0.0, (answer["lease_expires_at"] - now).total_seconds())
