@@ -31,8 +31,9 @@ length of A's and B's Redis queues, and the messages the worker holds unacknowle
 ``unacked`` hash: prefetched and running tasks, and countdowns of retries).
 The worker's log gives the answer tasks that ended in each phase by outcome: ``deferred``
 counts the times a task found its tenant at GENERATION_TENANT_MAX_RUNNING (the answer then
-waits in the database until one of its tenant's answers ends and wakes it). The report ends with the ratio of B's TTFT p50 during each flood to its
-quiet value, against the aim (at most 2, and no error for B).
+waits in the database until one of its tenant's answers ends and wakes it). The report
+ends with the ratio of B's TTFT p50 during each flood to its quiet value, against the aim
+(at most 2, and no error for B).
 """
 
 from __future__ import annotations
@@ -789,7 +790,8 @@ def print_neighbour_report(
         "queue wait: B's POST sent -> the local Bedrock server receives the answer's call (the "
         "claim to running is just before it; includes the POST). Sampled rows: once a second "
         "during B's phase, from the database (running, queued) and Redis (queue length, "
-        "unacked: prefetched and running tasks, and retry countdowns, the worker holds). A's requests: "
+        "unacked: prefetched and running tasks, and retry countdowns, the worker holds). "
+        "A's requests: "
         "from its first POST to its stop (ramp included). CPU: during the whole phase."
     )
     quiet = phases[0]
