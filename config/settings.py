@@ -145,6 +145,13 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Celery's Django fixup closes a task thread's database connections before and after every
+# task, whatever CONN_MAX_AGE says (a new SQLite connection, PRAGMAs and all, was 5% of the
+# worker's CPU per answer: benchmarks/peer_compare.py --profile). With this it does so only
+# every so many tasks, and config.celery applies Django's own rule around each task instead
+# (closed if broken or older than CONN_MAX_AGE: with the default 0, after every task, as
+# before; a PostgreSQL pool forces 0 and takes the connection back).
+CELERY_DB_REUSE_MAX = 1000
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 # With late acks a task whose whole worker died comes back after this long; it must be
