@@ -28,7 +28,7 @@ from conversations.chat_serializers import (
     TurnOutputSerializer,
 )
 from conversations.context import context_build, context_describe, dropped_message_ids
-from conversations.models import Conversation, Message, MessageStatus, Tenant
+from conversations.models import IN_PROGRESS, Conversation, Message, MessageStatus, Tenant
 from conversations.selectors import conversation_list, message_list
 from conversations.services.conversations import (
     conversation_create,
@@ -269,7 +269,7 @@ def _turn_response(body: dict[str, Any], answer: Message, mode: str) -> Response
     if mode == "sync":
         answer = answer_wait(message=answer, timeout_seconds=settings.GENERATION_SYNC_WAIT_SECONDS)
         body = {**body, "assistant_message": MessageOutputSerializer(answer).data}
-    done = answer.status not in (MessageStatus.QUEUED, MessageStatus.RUNNING)
+    done = answer.status not in IN_PROGRESS
     return Response(body, status=status.HTTP_201_CREATED if done else status.HTTP_202_ACCEPTED)
 
 

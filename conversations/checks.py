@@ -47,8 +47,8 @@ SLOWEST_STREAM_TOKENS_PER_SECOND = 10.0
 # kombu's Redis defaults, when CELERY_BROKER_TRANSPORT_OPTIONS leaves them out.
 KOMBU_UNACKED_RESTORE_INTERVAL = 10
 KOMBU_UNACKED_RESTORE_THROTTLE = 10
-# conversations.services.dispatch.generation_defer: a deferral waits out the other attempt's
-# lease plus up to twice its DEFER_SECONDS of jitter.
+# conversations.services.dispatch.generation_retry_after_lease: a task waits out the other
+# attempt's lease plus up to twice its DEFER_SECONDS of jitter.
 DEFERRAL_JITTER_SECONDS = 2.0
 
 

@@ -11,7 +11,11 @@ from django.conf import settings
 from django.db import DatabaseError
 
 from config.metrics import record_bedrock_error
-from conversations.services.dispatch import generation_defer, generations_sweep
+from conversations.services.dispatch import (
+    generation_retry_after_lease,
+    generation_wait_rechecked,
+    generations_sweep,
+)
 from conversations.services.generation import (
     BedrockError,
     Outcome,
@@ -35,12 +39,13 @@ def generate_answer(self: Task, message_id: str, woken: bool = False) -> str:
         outcome = generation_run(message_id=uuid.UUID(message_id), woken=woken)
         if outcome == Outcome.DEFERRED:
             # Its tenant has its fair share running: it waits for one of its tenant's
-            # answers to end. (`woken`: this task was such a wake-up.)
-            generation_defer(message_id=uuid.UUID(message_id), woken=woken)
+            # answers to end. (A woken task was such a wake-up: it waits for the next.)
+            if not woken:
+                generation_wait_rechecked(message_id=uuid.UUID(message_id))
         elif outcome == Outcome.HELD:
             # Another attempt's lease is live (a duplicate, or a dead worker's): once it
             # lapses this task may take the answer over; while it is renewed, it may not.
-            generation_defer(message_id=uuid.UUID(message_id), until_lease_lapses=True)
+            generation_retry_after_lease(message_id=uuid.UUID(message_id))
         return outcome.value
     except BedrockError as error:
         record_bedrock_error(error.code)

@@ -8,7 +8,7 @@ running in the database reaches a final state on its own:
   with hundreds queued does not stand in front of another tenant's next answer;
 - a tenant has at most GENERATION_TENANT_MAX_RUNNING answers running; the rest wait in the
   database, first come first served, and each of its answers that ends hands the tenant's
-  longest-waiting answer to the broker (`generation_defer`, `generation_wake_next`);
+  longest-waiting answer to the broker (`generation_wake_next`);
 - the sweeper (Celery beat, every GENERATION_SWEEP_SECONDS) hands a queued answer to the
   broker again when no worker claimed it within GENERATION_REQUEUE_AFTER_SECONDS (its task
   was lost with Redis, or never reached it), and takes back a running answer whose lease
@@ -127,38 +127,49 @@ def answers_queued(tenant_id: int, now: datetime) -> QuerySet[Message]:
 
 
 def answers_waiting_for_slot(tenant_id: int) -> QuerySet[Message]:
-    """The tenant's answers waiting, with no task of their own, to be woken (`generation_defer`)."""
+    """The tenant's answers waiting, with no task of their own, to be woken."""
     return Message.objects.filter(
         tenant_id=tenant_id, status=MessageStatus.QUEUED, waiting_for_slot_since__isnull=False
     )
 
 
-def generation_defer(
-    *, message_id: uuid.UUID, until_lease_lapses: bool = False, woken: bool = False
-) -> None:
-    """The answer's task could not take it now.
+def tenant_share_taken(tenant_id: int, *, besides: QuerySet[Message], excluding: object) -> bool:
+    """The tenant's running answers and `besides` (not counting `excluding`) fill its share
+    of GENERATION_TENANT_MAX_RUNNING slots."""
+    cap = settings.GENERATION_TENANT_MAX_RUNNING
+    taken = (answers_running(tenant_id, timezone.now()) | besides).exclude(pk=excluding)
+    return taken[:cap].count() >= cap
 
-    `until_lease_lapses`: another attempt holds it (a duplicate delivery, or a dead
-    worker's lease): its task is offered again when that lease would have lapsed.
 
-    Otherwise its tenant has its share of running slots taken, by running answers or by
-    answers waiting since before it (first come, first served). The claim marked it waiting
-    for a slot, with no task of its own: each of the tenant's answers that ends hands its
-    slot to the longest-waiting one (`generation_wake_next`), this one in its turn. A slot
-    that came free between the claim's count and the mark woke nobody, so a fresh task's
-    deferral looks once more for a slot neither running nor promised (a woken task's does
-    not: the slot it was handed went to another answer meanwhile, and it is woken again,
-    first, when the next one ends). Should a wake-up be lost with Redis, the sweeper offers
-    the answer again after GENERATION_REQUEUE_AFTER_SECONDS.
+def generation_wait_rechecked(*, message_id: uuid.UUID) -> None:
+    """After a fresh task's claim found its tenant's share taken and marked the answer
+    waiting (committed).
+
+    The answer waits with no task of its own: each of the tenant's answers that ends hands
+    its slot to the longest-waiting one (`generation_wake_next`), this one in its turn. A
+    slot that came free between the claim's count and its commit woke nobody, so this looks
+    once more for a slot neither running nor promised. (A woken task whose claim is deferred
+    does not look: the slot it was handed went to another answer meanwhile, and it is woken
+    again, first, when the next one ends.) Should a wake-up be lost with Redis, the sweeper
+    offers the answer again after GENERATION_REQUEUE_AFTER_SECONDS.
     """
-    if not until_lease_lapses:
-        if woken:
-            return
-        queued = Message.objects.filter(pk=message_id, status=MessageStatus.QUEUED)
-        for tenant_id in queued.values_list("tenant_id", flat=True):
-            if _a_slot_is_unpromised(tenant_id, message_id, timezone.now()):
-                generation_wake_next(tenant_id=tenant_id)
+    tenant_id = (
+        Message.objects.filter(pk=message_id, status=MessageStatus.QUEUED)
+        .values_list("tenant_id", flat=True)
+        .first()
+    )
+    if tenant_id is None:
         return
+    on_their_way = answers_queued(tenant_id, timezone.now()).filter(
+        waiting_for_slot_since__isnull=True
+    )
+    if not tenant_share_taken(tenant_id, besides=on_their_way, excluding=message_id):
+        generation_wake_next(tenant_id=tenant_id)
+
+
+def generation_retry_after_lease(*, message_id: uuid.UUID) -> None:
+    """Another attempt holds the answer (a duplicate delivery, or a dead worker's lease):
+    its task is offered again when that lease would have lapsed."""
     answer = (
         Message.objects.filter(pk=message_id, status__in=IN_PROGRESS)
         .values("tenant_id", "lease_expires_at")
@@ -166,24 +177,13 @@ def generation_defer(
     )
     if answer is None:
         return
-    now = timezone.now()
-    tenant_id = answer["tenant_id"]
     delay = DEFER_SECONDS * (1 + random.random())  # noqa: S311 - jitter
     if answer["lease_expires_at"] is not None:
-        delay += max(0.0, (answer["lease_expires_at"] - now).total_seconds())
+        delay += max(0.0, (answer["lease_expires_at"] - timezone.now()).total_seconds())
     try:
-        generation_enqueue(message_id=message_id, tenant_id=tenant_id, countdown=delay)
+        generation_enqueue(message_id=message_id, tenant_id=answer["tenant_id"], countdown=delay)
     except Exception as error:
         logger.warning("Could not defer answer %s: %s", message_id, error)
-
-
-def _a_slot_is_unpromised(tenant_id: int, message_id: uuid.UUID, now: datetime) -> bool:
-    """Fewer than the tenant's share are running or on their way to a worker (a woken
-    answer, or one whose task has not reached a worker yet)."""
-    cap = settings.GENERATION_TENANT_MAX_RUNNING
-    on_their_way = answers_queued(tenant_id, now).filter(waiting_for_slot_since__isnull=True)
-    taken = (answers_running(tenant_id, now) | on_their_way).exclude(pk=message_id)
-    return taken[:cap].count() < cap
 
 
 def generation_wait_for_slot(message_id: uuid.UUID) -> None:

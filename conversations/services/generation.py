@@ -38,10 +38,10 @@ from conversations import answer_stream
 from conversations.context import message_token_count
 from conversations.models import IN_PROGRESS, Message, MessageStatus, Tenant
 from conversations.services.dispatch import (
-    answers_running,
     answers_waiting_for_slot,
     generation_wait_for_slot,
     generation_wake_next,
+    tenant_share_taken,
 )
 from models_catalog.bedrock import client as bedrock
 from models_catalog.bedrock.errors import BedrockError
@@ -77,15 +77,12 @@ def _tenant_has_its_share_taken(message: Message) -> bool:
     fill its share. Answers whose task is still on its way are not counted: the broker's
     queue already serves them in order, and counting them would defer work that has a slot
     (each deferral costs a wake-up task)."""
-    cap = settings.GENERATION_TENANT_MAX_RUNNING
-    if cap <= 0:
+    if settings.GENERATION_TENANT_MAX_RUNNING <= 0:
         return False
-    now = timezone.now()
     waiting_before = answers_waiting_for_slot(message.tenant_id).filter(
         created_at__lt=message.created_at
     )
-    ahead = (answers_running(message.tenant_id, now) | waiting_before).exclude(pk=message.pk)
-    return ahead[:cap].count() >= cap
+    return tenant_share_taken(message.tenant_id, besides=waiting_before, excluding=message.pk)
 
 
 def _claim(message_id: uuid.UUID) -> _Claim | Outcome:
@@ -401,8 +398,8 @@ def generation_claim(*, message_id: uuid.UUID, woken: bool = False) -> _Claim | 
     task took meanwhile hands the free slot to the tenant's next waiting answer."""
     claim = _claim(message_id)
     if woken and claim in (Outcome.SKIPPED, Outcome.HELD):
-        tenant_ids = Message.objects.filter(pk=message_id).values_list("tenant_id", flat=True)
-        for tenant_id in tenant_ids:
+        tenant_id = Message.objects.filter(pk=message_id).values_list("tenant_id", flat=True)
+        if (tenant_id := tenant_id.first()) is not None:
             generation_wake_next(tenant_id=tenant_id)
         return Outcome.SKIPPED  # the answer is another task's: nothing to defer
     return claim

@@ -30,10 +30,11 @@ from conversations.models import Message, MessageStatus, Tenant
 from conversations.services import generation
 from conversations.services.conversations import conversation_create, user_message_create
 from conversations.services.dispatch import (
-    generation_defer,
     generation_enqueue,
     generation_queue,
+    generation_retry_after_lease,
     generation_wait_for_slot,
+    generation_wait_rechecked,
     generation_wake_next,
 )
 from conversations.services.generation import Outcome, generation_claim
@@ -86,16 +87,22 @@ def deliver(tenant: Tenant, task: Task, *, paused: list[Task] | None = None) -> 
     if claim == Outcome.DEFERRED and paused is not None:
         paused.append(task)
     elif claim == Outcome.DEFERRED:
-        generation_defer(message_id=task.message_id, woken=task.woken)
+        resume_deferral(task)
     elif claim == Outcome.HELD:
-        generation_defer(message_id=task.message_id, until_lease_lapses=True)
+        generation_retry_after_lease(message_id=task.message_id)
     return claim if isinstance(claim, Outcome) else None
 
 
 def resume(task: Task) -> None:
     """The stalled claim commits its mark; its task then defers as `generate_answer` does."""
     generation_wait_for_slot(task.message_id)
-    generation_defer(message_id=task.message_id, woken=task.woken)
+    resume_deferral(task)
+
+
+def resume_deferral(task: Task) -> None:
+    """What `generate_answer` does with a deferred claim."""
+    if not task.woken:
+        generation_wait_rechecked(message_id=task.message_id)
 
 
 def end(tenant: Tenant, message_id: uuid.UUID) -> None:
