@@ -19,6 +19,7 @@ from datetime import timedelta
 from unittest import mock
 
 import pytest
+from django.db.models import QuerySet
 from django.test import override_settings
 from django.utils import timezone
 from hypothesis import HealthCheck, settings
@@ -36,6 +37,7 @@ from conversations.services.dispatch import (
     generation_wait_for_slot,
     generation_wait_rechecked,
     generation_wake_next,
+    generations_sweep,
 )
 from conversations.services.generation import Outcome, generation_claim
 from tests.factories import make_tenant
@@ -234,9 +236,10 @@ class Ledger:
 class FairShareSchedules(RuleBasedStateMachine):
     """Answers arrive, tasks are delivered in any order (a claim that finds the share taken
     may stall before it commits), running answers end in any order, stray wake-ups
-    come (another answer of the tenant ending elsewhere): the share holds,
-    nobody is overtaken by more than the share, and once the deliveries run out every
-    answer has been run, with no timer and no sweeper."""
+    come (another answer of the tenant ending elsewhere), Redis loses tasks (a wake-up
+    among them): the share holds, no fresh task overtakes an answer left waiting, and once
+    the deliveries run out every answer has been run, with no timer, and with no sweeper
+    unless Redis lost a task."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -244,6 +247,7 @@ class FairShareSchedules(RuleBasedStateMachine):
         self.tenant = make_tenant(f"schedules-{next(_tenants)}")
         self.seen = Ledger()
         self.paused: list[Task] = []
+        self.tasks_lost = 0
 
     def _tasks(self) -> list[Task]:
         return tasks_in_queue(self.tenant, set(self.seen.created))
@@ -296,26 +300,51 @@ class FairShareSchedules(RuleBasedStateMachine):
     def a_stray_wake_up(self) -> None:
         generation_wake_next(tenant_id=self.tenant.pk)
 
+    @rule(pick=st.integers(min_value=0, max_value=50))
+    def redis_loses_a_task(self, pick: int) -> None:
+        if tasks := self._tasks():
+            task = tasks[pick % len(tasks)]
+            get_redis().lrem(generation_queue(self.tenant.pk), 1, task.raw)
+            self.tasks_lost += 1
+            if task.woken:  # its wake-up took its mark: it no longer waits in the database
+                self.seen.deferred.discard(task.message_id)
+
     @invariant()
     def the_share_holds(self) -> None:
         assert running_now(self.tenant) <= self.cap
 
-    def teardown(self) -> None:
-        # End what runs, deliver what is queued, until nothing is left to do. (Running
-        # answers end first: a duplicate task of a running answer comes back until it ends,
-        # as its lease-lapse countdown would.)
-        while self.paused:
-            resume(self.paused.pop())
+    def _drain(self) -> None:
+        """End what runs, deliver what is queued, until nothing is left to do. (Running
+        answers end first: a duplicate task of a running answer comes back until it ends,
+        as its lease-lapse countdown would.)"""
         for _ in range(200):
             if self.seen.running:
                 end(self.tenant, self.seen.running.pop(0))
             elif tasks := self._tasks():
                 self._deliver(tasks[0])
             else:
-                break
-        stranded = Message.objects.filter(pk__in=self.seen.created).exclude(
+                return
+
+    def _unfinished(self) -> QuerySet[Message]:
+        return Message.objects.filter(pk__in=self.seen.created).exclude(
             status=MessageStatus.COMPLETED
         )
+
+    def teardown(self) -> None:
+        while self.paused:
+            resume(self.paused.pop())
+        self._drain()
+        if self.tasks_lost:
+            # What Redis lost, the database hands over again: the sweeper (its wait cut
+            # short), as often as it takes.
+            for _ in range(10):
+                if not self._unfinished().exists():
+                    break
+                with override_settings(GENERATION_REQUEUE_AFTER_SECONDS=0):
+                    generations_sweep()
+                self._drain()
+        # With no task lost, nothing may need the sweeper at all.
+        stranded = self._unfinished()
         assert not stranded.exists(), list(stranded.values_list("pk", "status"))
 
 
